@@ -1,0 +1,306 @@
+"""The GenEvolve ReAct loop: request in, Trajectory (with a validated Program or a named failure) out.
+
+One rollout is at most ``max_policy_calls`` policy calls and ``max_tool_calls`` tool calls. The last
+allowed call is preceded by a final-step message that forbids tools. Model-caused problems (format
+errors, bad arguments, repeated calls, invalid answers) become observations and the loop goes on;
+tool failures (timeouts, HTTP errors) become observations too. Every rollout ends with one StopReason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genevolve import prompts
+from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling
+from genevolve.protocol import ParsedTurn, format_tool_response, parse_turn
+from genevolve.tools.base import Tool, ToolError
+from genevolve.types import (
+    IMAGE_PLACEHOLDER,
+    Observation,
+    RetrievedImage,
+    StopReason,
+    ToolCallRecord,
+    Trajectory,
+    Turn,
+)
+from genevolve.validation import validate_answer
+
+
+class AgentConfig(BaseModel):
+    """Budgets and rules of one rollout. Defaults are the paper's (METHOD.md section 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_policy_calls: int = Field(11, ge=1, description="policy calls per rollout, final step included")
+    max_tool_calls: int = Field(10, ge=0, description="tool calls per rollout; after the last, only an answer")
+    max_references: int = Field(2, ge=1, description="references kept in the program (released rule: 1-2)")
+    min_references: int = Field(1, ge=0, description="fewer usable references than this is a protocol failure")
+    tool_timeout_s: float = Field(90.0, gt=0, description="wall-clock limit for one tool call")
+    max_context_images: int = Field(12, ge=0, description="images attached to a VLM policy's context, newest kept")
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+#: Builds the structured-decoding constraint for the next call from the rollout state (or None).
+ConstraintFactory = Callable[["RolloutState"], Constraint | None]
+
+
+@dataclass
+class RolloutState:
+    """What the loop knows mid-rollout; handed to constraint factories."""
+
+    round: int = 0
+    final: bool = False
+    n_tool_calls: int = 0
+    images: dict[str, RetrievedImage] = field(default_factory=dict)
+    next_image_number: int = 1
+    calls_seen: dict[str, int] = field(default_factory=dict)  # canonical call -> round first made
+
+    def register(self, image: RetrievedImage) -> RetrievedImage:
+        """Give a retrieved image the next ``IMG_###`` id; the same file or URL keeps its first id."""
+        key = image.path or image.url
+        for known in self.images.values():
+            if key and (known.path or known.url) == key:
+                return known
+        img_id = f"IMG_{self.next_image_number:03d}"
+        self.next_image_number += 1
+        registered = image.model_copy(update={"img_id": img_id})
+        self.images[img_id] = registered
+        return registered
+
+
+def format_image_lines(query: str, header: str, images: Sequence[RetrievedImage], *, with_images: bool) -> str:
+    """The text the policy sees for image results. With ``with_images`` each usable line carries an
+    ``<image>`` placeholder where the picture is attached (VLM policies)."""
+    lines = [header or f"Image results for {query!r}:"]
+    for image in images:
+        source = f" (source: {image.page_url or image.url})" if (image.page_url or image.url) else ""
+        if image.path is None:
+            lines.append(f"{image.img_id}: {image.title}{source} [unusable: {image.error or 'not downloaded'}]")
+        else:
+            lines.append(f"{image.img_id}: {image.title}{source}" + (f" {IMAGE_PLACEHOLDER}" if with_images else ""))
+    if not images:
+        lines.append("No images found. Try a shorter or different query.")
+    return "\n".join(lines)
+
+
+def _canonical(name: str, args: dict[str, Any]) -> str:
+    def norm(v: Any) -> Any:
+        if isinstance(v, str):
+            return " ".join(v.lower().split())
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in sorted(v.items())}
+        return v
+
+    return json.dumps([name, norm(args)], sort_keys=True, ensure_ascii=False)
+
+
+class Agent:
+    """Runs rollouts of ``policy`` with ``tools``.
+
+    >>> agent = Agent(policy, [search_tool, image_tool, knowledge_tool])
+    >>> traj = agent.run("A poster of the 2024 Olympic mascot")
+    >>> traj.program.gen_prompt
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        tools: Iterable[Tool],
+        config: AgentConfig | None = None,
+        *,
+        constraint_factory: ConstraintFactory | None = None,
+        guide: str | None = None,
+    ):
+        self.policy = policy
+        self.tools = {t.name: t for t in tools}
+        self.config = config or AgentConfig()
+        self.constraint_factory = constraint_factory
+        self.system_prompt = prompts.system_prompt(
+            list(self.tools.values()),
+            max_policy_calls=self.config.max_policy_calls,
+            max_tool_calls=self.config.max_tool_calls,
+            min_references=self.config.min_references,
+            max_references=self.config.max_references,
+            guide=guide,
+        )
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def run(self, request: str, **kw: Any) -> Trajectory:
+        return asyncio.run(self.arun(request, **kw))
+
+    async def arun_many(self, requests: Sequence[str], *, concurrency: int = 4) -> list[Trajectory]:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(r: str) -> Trajectory:
+            async with sem:
+                return await self.arun(r)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def arun(self, request: str, *, id: str | None = None, meta: dict[str, Any] | None = None) -> Trajectory:
+        t0 = time.perf_counter()
+        traj = Trajectory(request=request, meta=meta or {}, backends=self._backend_names())
+        if id:
+            traj.id = id
+        traj.turns = [Turn(role="system", content=self.system_prompt),
+                      Turn(role="user", content=request, kind="request")]
+        traj.timings = {"policy": 0.0, "tools": 0.0}
+        if not request.strip():
+            self._stop(traj, StopReason.EMPTY_REQUEST, "the request is empty")
+        else:
+            await self._loop(traj, RolloutState())
+        traj.timings["total"] = time.perf_counter() - t0
+        return traj
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def _loop(self, traj: Trajectory, state: RolloutState) -> None:
+        cfg = self.config
+        for round_ in range(1, cfg.max_policy_calls + 1):
+            state.round = round_
+            last = round_ == cfg.max_policy_calls
+            if (last or state.n_tool_calls >= cfg.max_tool_calls) and not state.final:
+                state.final = True
+                traj.turns.append(Turn(role="user", content=prompts.final_step_message(), kind="final_step"))
+
+            t = time.perf_counter()
+            try:
+                constraint = self.constraint_factory(state) if self.constraint_factory else None
+                text = await self.policy.achat(self._context(traj.turns), sampling=cfg.sampling, constraint=constraint)
+            except PolicyError as exc:
+                traj.timings["policy"] += time.perf_counter() - t
+                self._stop(traj, StopReason.POLICY_ERROR, f"policy {self.policy.name}: {exc}")
+                return
+            traj.timings["policy"] += time.perf_counter() - t
+            traj.n_policy_calls += 1
+            traj.turns.append(Turn(role="assistant", content=text))
+
+            parsed = parse_turn(text, self.tools.keys())
+            if parsed.error:
+                traj.n_format_errors += 1
+                self._observe(traj, prompts.format_error_message(parsed.error.code, parsed.error.message), "format_error")
+            elif parsed.tool_call:
+                if state.final:
+                    traj.n_format_errors += 1
+                    self._observe(traj, prompts.format_error_message(
+                        "tool_call_in_final_step", "Tools are no longer available; answer now."), "format_error")
+                else:
+                    await self._run_tool(traj, state, parsed)
+            elif self._accept_answer(traj, state, parsed, last):
+                return
+        if traj.stop_reason != StopReason.INVALID_ANSWER:
+            self._stop(traj, StopReason.NO_ANSWER, f"no valid answer within {cfg.max_policy_calls} policy calls")
+
+    def _accept_answer(self, traj: Trajectory, state: RolloutState, parsed: ParsedTurn, last: bool) -> bool:
+        result = validate_answer(parsed.answer or {}, state.images, max_references=self.config.max_references,
+                                 min_references=self.config.min_references)
+        traj.violations.extend(result.names)
+        traj.retrieved = list(state.images.values())
+        if result.program is not None:
+            traj.program = result.program
+            traj.stop_reason, traj.failure = StopReason.ANSWER, None
+            return True
+        traj.stop_reason, traj.failure = StopReason.INVALID_ANSWER, result.describe()
+        if not last:
+            self._observe(traj, prompts.answer_rejected_message(result.describe()), "answer_rejected")
+        return False
+
+    async def _run_tool(self, traj: Trajectory, state: RolloutState, parsed: ParsedTurn) -> None:
+        call = parsed.tool_call
+        assert call is not None
+        tool = self.tools[call.name]
+        state.n_tool_calls += 1
+        traj.n_tool_calls += 1
+        record = ToolCallRecord(round=state.round, name=call.name, arguments=call.arguments)
+        traj.tool_calls.append(record)
+
+        key = _canonical(call.name, call.arguments)
+        if key in state.calls_seen:
+            record.repeated = True
+            record.error = "repeated_call"
+            self._observe(traj, f"You already made this exact call in round {state.calls_seen[key]}; its result "
+                                "is above. Use it, or make a different call.")
+            return
+        state.calls_seen[key] = state.round
+
+        t = time.perf_counter()
+        try:
+            args = tool.Args.model_validate(call.arguments)
+            obs = await asyncio.wait_for(tool.acall(args), self.config.tool_timeout_s)
+        except ValidationError as exc:
+            obs = Observation(text=f"[tool error: bad_arguments] {call.name}: {_brief(exc)}", error="bad_arguments")
+        except TimeoutError:
+            obs = Observation(text=f"[tool error: timeout] {call.name} took longer than "
+                                   f"{self.config.tool_timeout_s:.0f} s", error="timeout")
+        except ToolError as exc:
+            obs = Observation(text=f"[tool error: {exc.code}] {call.name}: {exc.message}", error=exc.code)
+        record.seconds = time.perf_counter() - t
+        traj.timings["tools"] += record.seconds
+        record.error = obs.error
+
+        if obs.images:
+            registered = [state.register(im) for im in obs.images]
+            record.n_images = len(registered)
+            attach = self.policy.accepts_images
+            text = format_image_lines(getattr(args, "query", ""), obs.text, registered, with_images=attach)
+            paths = [im.path for im in registered if im.path is not None] if attach else []
+            self._observe(traj, text, images=paths)
+        else:
+            self._observe(traj, obs.text)
+        traj.retrieved = list(state.images.values())
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _observe(self, traj: Trajectory, text: str, kind: str = "tool_response", images: list[str] | None = None) -> None:
+        traj.turns.append(Turn(role="user", content=format_tool_response(text), images=images or [], kind=kind))
+
+    def _context(self, turns: list[Turn]) -> list[Turn]:
+        """What the policy sees: all turns, with only the newest ``max_context_images`` images attached
+        (older ones stay as their text lines) so a VLM's context stays bounded."""
+        budget = self.config.max_context_images
+        out: list[Turn] = []
+        for turn in reversed(turns):
+            if turn.images and len(turn.images) > budget:
+                keep = max(budget, 0)
+                content = _drop_placeholders(turn.content, len(turn.images) - keep)
+                turn = turn.model_copy(update={"content": content, "images": turn.images[len(turn.images) - keep:]})
+            budget -= len(turn.images)
+            out.append(turn)
+        return out[::-1]
+
+    def _backend_names(self) -> dict[str, str]:
+        names = {"policy": self.policy.name}
+        for name, tool in self.tools.items():
+            names[name] = tool.backend or type(tool).__name__
+        return names
+
+    @staticmethod
+    def _stop(traj: Trajectory, reason: StopReason, failure: str | None) -> None:
+        traj.stop_reason = reason
+        traj.failure = failure
+        traj.program = None
+
+
+def _drop_placeholders(content: str, n: int) -> str:
+    """Remove the first ``n`` image placeholders (and the space before each)."""
+    for _ in range(n):
+        i = content.find(IMAGE_PLACEHOLDER)
+        if i < 0:
+            break
+        start = i - 1 if i > 0 and content[i - 1] == " " else i
+        content = content[:start] + content[i + len(IMAGE_PLACEHOLDER):]
+    return content
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()[:3])
