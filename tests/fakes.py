@@ -1,0 +1,67 @@
+"""Small in-process tools for agent tests (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from PIL import Image
+from pydantic import Field
+
+from genevolve.tools.base import Tool, ToolArgs, ToolError
+from genevolve.types import Observation, RetrievedImage
+
+
+class QueryArgs(ToolArgs):
+    query: str = Field(min_length=1)
+    top_k: int = Field(5, ge=1, le=10)
+
+
+class QueriesArgs(ToolArgs):
+    queries: list[str] = Field(min_length=1)
+    top_k: int = 5
+
+
+class FakeSearch(Tool):
+    name = "search"
+    description = "Text search."
+    Args = QueriesArgs
+    backend = "fake"
+
+    def __init__(self, fail_with: str | None = None, delay: float = 0.0):
+        self.fail_with = fail_with
+        self.delay = delay
+        self.calls: list[list[str]] = []
+
+    async def acall(self, args):
+        self.calls.append(args.queries)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_with:
+            raise ToolError(self.fail_with, "the server answered 500")
+        return Observation(text="\n".join(f"[{q}] 1. Some page — a fact about {q}" for q in args.queries))
+
+
+class FakeImages(Tool):
+    """Returns ``per_call`` images per call; file names depend on the query, so repeats share files."""
+
+    name = "image_search"
+    description = "Image search."
+    Args = QueryArgs
+    backend = "fake"
+
+    def __init__(self, folder: Path, per_call: int = 2, broken: int = 0):
+        self.folder = folder
+        self.per_call = per_call
+        self.broken = broken
+
+    async def acall(self, args):
+        out = []
+        for i in range(self.per_call):
+            path = self.folder / f"{args.query.replace(' ', '_')}_{i}.png"
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+            out.append(RetrievedImage(title=f"{args.query} {i}", url=f"https://img.example/{path.name}", path=str(path)))
+        for i in range(self.broken):
+            out.append(RetrievedImage(title=f"broken {i}", url=f"https://img.example/broken{i}", path=None,
+                                      error="not_an_image"))
+        return Observation(text=f"Image results for {args.query!r}:", images=out)
