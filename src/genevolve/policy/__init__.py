@@ -1,0 +1,39 @@
+"""Policy backends, named by ``kind`` (see :mod:`genevolve.registry`).
+
+| kind | class | for |
+|---|---|---|
+| ``openai`` | :class:`~genevolve.policy.openai_compat.OpenAIPolicy` | vLLM, SGLang, OpenAI, gateways |
+| ``hf`` | :class:`~genevolve.policy.hf.HFPolicy` | local transformers text LMs and VLMs (+ LoRA) |
+| ``scripted`` | :class:`~genevolve.policy.scripted.ScriptedPolicy` | tests only, never a default |
+
+Backend modules are imported only when built, so importing this package pulls no SDK or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling, UnsupportedConstraint
+from genevolve.registry import build
+
+POLICIES: dict[str, str] = {
+    "openai": "genevolve.policy.openai_compat:OpenAIPolicy",
+    "hf": "genevolve.policy.hf:HFPolicy",
+    "scripted": "genevolve.policy.scripted:ScriptedPolicy",
+}
+
+
+def build_policy(kind: str, **kwargs: Any) -> Policy:
+    """Build the policy named ``kind`` (a key of ``POLICIES`` or ``"package.module:Class"``)."""
+    return build(POLICIES, kind, "policy", **kwargs)
+
+
+__all__ = [
+    "POLICIES",
+    "Constraint",
+    "Policy",
+    "PolicyError",
+    "Sampling",
+    "UnsupportedConstraint",
+    "build_policy",
+]

@@ -49,7 +49,9 @@ def _local_path(ref: str) -> Path:
 def _checked_path(ref: str) -> Path:
     path = _local_path(ref)
     if not path.is_file():
-        raise FileNotFoundError(f"image {ref!r} referenced by a turn does not exist (expected a local file or URL)")
+        raise FileNotFoundError(
+            f"image {ref!r} referenced by a turn does not exist (expected a local file or URL)"
+        )
     return path
 
 

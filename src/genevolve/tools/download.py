@@ -25,8 +25,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import logging
-import os
 import re
 import socket
 import threading
@@ -37,10 +35,9 @@ from pathlib import Path
 
 import httpx
 
+from genevolve.cache import cache_root
 from genevolve.tools._http import LoopClient, retry_delay
 from genevolve.tools.base import ToolError
-
-log = logging.getLogger(__name__)
 
 #: decoded format -> file extension; anything else is refused
 FORMAT_EXTENSIONS = {
@@ -63,8 +60,8 @@ class DownloadError(ToolError):
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("GENEVOLVE_CACHE_DIR") or Path.home() / ".cache" / "genevolve"
-    return Path(root) / "images"
+    """``<genevolve cache root>/downloads`` (``$GENEVOLVE_CACHE`` moves it, see ``genevolve.cache``)."""
+    return cache_root() / "downloads"
 
 
 def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -237,10 +234,10 @@ class ImageDownloader:
             raise DownloadError("bad_url", "not a valid URL") from exc
         if parsed.scheme not in ("http", "https"):
             raise DownloadError("bad_scheme", f"scheme {parsed.scheme!r} is not http or https")
-        host = parsed.host
+        host = parsed.raw_host.decode("ascii")  # IDNA-encoded, the form the resolver expects
         if not host:
             raise DownloadError("bad_url", "URL has no host")
-        if self.allow_private or host.lower() in self.trusted_hosts:
+        if self.allow_private or host in self.trusted_hosts or parsed.host in self.trusted_hosts:
             return parsed
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:

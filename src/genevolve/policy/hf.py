@@ -1,0 +1,311 @@
+"""A local transformers policy: text LMs and VLMs, optionally with a PEFT LoRA adapter.
+
+Why the choices below:
+
+- ``model.generate`` blocks, so it runs on a private thread pool of ``max_concurrency`` workers:
+  the event loop keeps serving tools while the model decodes, and queued calls wait in the pool's
+  queue rather than in the shared default executor that tool I/O also uses.
+- Sampling draws from a per-call ``torch.Generator`` inside a logits processor (:class:`SeededSampler`)
+  and lets ``generate`` run greedily over the masked scores. The usual ``manual_seed`` on the global
+  RNG would make a seeded call depend on whatever other threads sample meanwhile; this way a seed
+  gives the same text whatever runs concurrently. Temperature and top-p are applied there; top-k and
+  other sampling defaults from the model's ``generation_config`` are not (``Sampling`` has no top-k).
+- ``dtype="auto"`` means float32 on CPU (bf16 matmuls are slow or unsupported on many CPUs) and the
+  checkpoint's own dtype on accelerators.
+- Constraints: the hook ``logits_processor_factory(constraint, tokenizer)`` returns a logits
+  processor applied before sampling, or ``None`` when it cannot enforce that kind. Without a hook
+  every constraint raises ``UnsupportedConstraint``.
+- torch/transformers/peft are imported only when a policy is built (``pip install 'genevolve[local]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from genevolve.policy.base import Constraint, Policy, Sampling, UnsupportedConstraint
+from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
+from genevolve.registry import ConfigError, require
+from genevolve.types import Turn
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``(constraint, tokenizer) -> LogitsProcessor | None``; ``None`` means "cannot enforce this kind".
+LogitsProcessorFactory = Callable[[Constraint, Any], Any]
+
+
+class SeededSampler:
+    """Logits processor that samples one token with its own generator and masks all others to -inf.
+
+    Placed last in the processor list of a greedy ``generate``, it makes the greedy pick equal to a
+    temperature/top-p sample that depends only on ``seed`` and the scores.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seed: int) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self._generator: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self._generator is None:
+            self._generator = torch.Generator(device=scores.device)
+            self._generator.manual_seed(self.seed)
+        probs_B_V = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_B_V, order_B_V = probs_B_V.sort(dim=-1, descending=True)
+            mass_before_B_V = sorted_B_V.cumsum(dim=-1) - sorted_B_V  # the top token always stays
+            sorted_B_V = sorted_B_V.masked_fill(mass_before_B_V >= self.top_p, 0.0)
+            probs_B_V = torch.zeros_like(probs_B_V).scatter(-1, order_B_V, sorted_B_V)
+        choice_B_1 = torch.multinomial(probs_B_V, 1, generator=self._generator)
+        return torch.full_like(scores, float("-inf")).scatter(-1, choice_B_1, 0.0)
+
+
+def _torch_dtype(torch: Any, dtype: str, device: str) -> Any:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if device.startswith("cpu") else "auto"
+    return getattr(torch, dtype)
+
+
+def _load(
+    source: str, *, device: str, dtype: str, trust_remote_code: bool, gguf_file: str | None
+) -> tuple[Any, Any, Any]:
+    """Load ``(model, tokenizer, processor)``; ``processor`` is None for text-only models."""
+    torch = require("torch", "local")
+    transformers = require("transformers", "local")
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    try:
+        if gguf_file:  # GGUF checkpoints are text-only and carry their tokenizer
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **kw)
+            processor = None
+            kw["gguf_file"] = gguf_file
+        else:
+            try:  # returns the bare tokenizer for text-only models
+                processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+            except (ValueError, KeyError, TypeError):
+                processor = transformers.AutoTokenizer.from_pretrained(source, **kw)
+            tokenizer = getattr(processor, "tokenizer", processor)
+            if getattr(processor, "image_processor", None) is None:
+                processor = None
+        auto = (
+            transformers.AutoModelForImageTextToText
+            if processor is not None
+            else transformers.AutoModelForCausalLM
+        )
+        model = auto.from_pretrained(source, dtype=_torch_dtype(torch, dtype, device), **kw)
+    except OSError as exc:
+        raise ConfigError(f"cannot load HF policy model {source!r}: {exc}") from exc
+    return model.to(device), tokenizer, processor
+
+
+class HFPolicy(Policy):
+    """Generate with a local transformers model.
+
+    Args:
+        model: hub id or local folder (or the folder holding ``gguf_file``).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or ``auto`` (cuda when available).
+        dtype: ``auto`` (see module docstring), ``float32``, ``bfloat16`` or ``float16``.
+        adapter: folder of a PEFT LoRA adapter to apply on top of the model.
+        accepts_images: feed images to the model; ``None`` = yes iff the checkpoint has an image processor.
+        max_concurrency: ``generate`` calls running at once (threads sharing one model).
+        trust_remote_code: allow model code from the checkpoint.
+        gguf_file: GGUF file name inside ``model`` (text LMs only; dequantised on load).
+        name: label for trajectories; default ``hf:<model>``.
+        max_image_side: long-side cap, in pixels, for images given to the processor.
+        logits_processor_factory: constraint hook (see module docstring).
+    """
+
+    logits_processor_factory: LogitsProcessorFactory | None = None
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str = "cpu",
+        dtype: str = "auto",
+        adapter: str | Path | None = None,
+        accepts_images: bool | None = None,
+        max_concurrency: int = 1,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        name: str | None = None,
+        max_image_side: int = DEFAULT_MAX_SIDE,
+        logits_processor_factory: LogitsProcessorFactory | None = None,
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
+        model_obj, tokenizer, processor = _load(
+            str(model), device=device, dtype=dtype, trust_remote_code=trust_remote_code, gguf_file=gguf_file
+        )
+        self._setup(
+            model_obj,
+            tokenizer,
+            processor,
+            adapter=adapter,
+            accepts_images=accepts_images,
+            max_concurrency=max_concurrency,
+            name=name or f"hf:{model}",
+            max_image_side=max_image_side,
+            logits_processor_factory=logits_processor_factory,
+        )
+
+    @classmethod
+    def from_objects(
+        cls,
+        model: Any,
+        tokenizer: Any = None,
+        processor: Any = None,
+        *,
+        adapter: str | Path | None = None,
+        accepts_images: bool | None = None,
+        max_concurrency: int = 1,
+        name: str | None = None,
+        max_image_side: int = DEFAULT_MAX_SIDE,
+        logits_processor_factory: LogitsProcessorFactory | None = None,
+    ) -> HFPolicy:
+        """Wrap an already-built model with its tokenizer and/or processor (tests, training loops)."""
+        if tokenizer is None and processor is None:
+            raise ConfigError("HFPolicy.from_objects needs a tokenizer or a processor")
+        tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", processor)
+        if processor is not None and getattr(processor, "image_processor", None) is None:
+            processor = None
+        self = cls.__new__(cls)
+        label = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        self._setup(
+            model,
+            tokenizer,
+            processor,
+            adapter=adapter,
+            accepts_images=accepts_images,
+            max_concurrency=max_concurrency,
+            name=name or f"hf:{label}",
+            max_image_side=max_image_side,
+            logits_processor_factory=logits_processor_factory,
+        )
+        return self
+
+    def _setup(
+        self,
+        model: Any,
+        tokenizer: Any,
+        processor: Any,
+        *,
+        adapter: str | Path | None,
+        accepts_images: bool | None,
+        max_concurrency: int,
+        name: str,
+        max_image_side: int,
+        logits_processor_factory: LogitsProcessorFactory | None,
+    ) -> None:
+        vlm = processor is not None
+        if accepts_images and not vlm:
+            raise ConfigError(f"{name}: accepts_images=True but the model has no image processor (not a VLM)")
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be >= 1")
+        if adapter is not None:
+            peft = require("peft", "local")
+            if not Path(adapter).is_dir():
+                raise ConfigError(f"{name}: LoRA adapter folder {str(adapter)!r} does not exist")
+            model = peft.PeftModel.from_pretrained(model, str(adapter))
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor  # None for text-only models
+        self.accepts_images = vlm if accepts_images is None else accepts_images
+        self.name = name
+        self.adapter = str(adapter) if adapter is not None else None
+        self.max_image_side = max_image_side
+        if logits_processor_factory is not None:
+            self.logits_processor_factory = logits_processor_factory
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_concurrency, thread_name_prefix="hf-policy"
+        )
+
+    # -- prompt ---------------------------------------------------------------------------------
+
+    def _messages(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[Any]]:
+        messages, images = to_hf_messages(
+            turns, accepts_images=self.accepts_images, max_side=self.max_image_side
+        )
+        if self.processor is not None and not self.accepts_images:
+            # A VLM used text-only: its chat template still expects content parts.
+            messages = [
+                {"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages
+            ]
+        return messages, images
+
+    def format_prompt(self, turns: list[Turn]) -> str:
+        """The exact prompt text the model continues (chat template + generation prompt)."""
+        messages, _ = self._messages(turns)
+        owner = self.processor if self.processor is not None else self.tokenizer
+        return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, turns: list[Turn]) -> Any:
+        """Model inputs (``input_ids``, ``attention_mask``, pixel tensors for VLMs) for ``turns``,
+        on CPU; the same encoding ``achat`` generates from, for scoring code that must match it."""
+        messages, images = self._messages(turns)
+        owner = self.processor if self.processor is not None else self.tokenizer
+        text = owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The template already wrote BOS and friends; do not let the tokenizer add them twice.
+        if self.processor is not None:
+            return self.processor(
+                text=[text], images=images or None, return_tensors="pt", add_special_tokens=False
+            )
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def achat(
+        self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None
+    ) -> str:
+        if constraint is not None and self.logits_processor_factory is None:
+            raise UnsupportedConstraint(
+                f"{self.name}: no logits_processor_factory to enforce {constraint.kind!r}"
+            )
+        if self._executor is None:
+            raise RuntimeError(f"{self.name} is closed")
+        job = functools.partial(self._generate, turns, sampling, constraint)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def _generate(self, turns: list[Turn], sampling: Sampling, constraint: Constraint | None) -> str:
+        import torch
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList()
+        if constraint is not None:
+            assert self.logits_processor_factory is not None
+            proc = self.logits_processor_factory(constraint, self.tokenizer)
+            if proc is None:
+                raise UnsupportedConstraint(f"{self.name}: cannot enforce {constraint.kind!r} constraints")
+            processors.append(proc)
+        if sampling.temperature > 0:
+            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+            processors.append(SeededSampler(sampling.temperature, sampling.top_p, seed))
+        param = next(self.model.parameters())
+        inputs = self.encode(turns)
+        if self.processor is not None:  # pixel tensors in the model's dtype (bf16 towers reject fp32)
+            inputs = inputs.to(device=param.device, dtype=param.dtype)
+        else:
+            inputs = inputs.to(param.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        pad_id = self.tokenizer.pad_token_id
+        kwargs["pad_token_id"] = pad_id if pad_id is not None else self.tokenizer.eos_token_id
+        if getattr(self.model.generation_config, "eos_token_id", None) is None:
+            kwargs["eos_token_id"] = self.tokenizer.eos_token_id  # else it would always run to max_tokens
+        with torch.inference_mode():
+            out_B_T = self.model.generate(**inputs, logits_processor=processors, **kwargs)
+        new_T = out_B_T[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_T, skip_special_tokens=True)
+
+    async def aclose(self) -> None:
+        """Wait for running calls, then drop the model so its memory can be freed."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        self.model = None

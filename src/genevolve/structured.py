@@ -1,0 +1,122 @@
+"""Structured decoding for the protocol: a grammar that only admits well-formed turns.
+
+``protocol_grammar`` writes a Lark grammar (the llguidance dialect, which vLLM's ``guidance``
+structured-output backend and SGLang's llguidance backend also accept) for one assistant turn:
+``<think>`` with bounded free text, then either one tool call whose JSON matches a registered tool's
+argument schema, or an answer whose ``img_id``s can only be ids this rollout has retrieved.
+
+Rules that depend on the rollout (``constraint_factory``):
+- in the final step only an answer is allowed;
+- an answer is allowed only once enough usable images exist to satisfy ``min_references``;
+- while no usable image exists and at most one tool call is left before the final step, only
+  ``image_search`` is allowed, so a rollout can always end with a valid program.
+JSON is compact (no free whitespace) and strings are length-bounded so a weak model cannot ramble.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from genevolve.policy.base import Constraint
+from genevolve.tools.base import Tool
+
+THINK_MAX_CHARS = 400
+PROMPT_MAX_CHARS = 500
+NOTE_MAX_CHARS = 80
+ARG_STRING_MAX_CHARS = 120
+
+
+def _bounded(schema: Any) -> Any:
+    """Copy a JSON schema, bounding string lengths and array sizes and dropping keywords that
+    structured-output engines handle inconsistently (titles, defaults)."""
+    if isinstance(schema, dict):
+        out = {k: _bounded(v) for k, v in schema.items() if k not in ("title", "default", "description")}
+        if out.get("type") == "string" and "enum" not in out and "const" not in out:
+            out["maxLength"] = min(int(out.get("maxLength", ARG_STRING_MAX_CHARS)), ARG_STRING_MAX_CHARS)
+        if out.get("type") == "array":
+            out["maxItems"] = min(int(out.get("maxItems", 3)), 3)
+        if out.get("type") == "object":
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_bounded(s) for s in schema]
+    return schema
+
+
+def tool_call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
+    options = []
+    for tool in tools:
+        args = _bounded(tool.schema())
+        args["required"] = sorted(args.get("properties", {}))  # always spell arguments out
+        options.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                        "properties": {"name": {"const": tool.name}, "arguments": args}})
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def answer_schema(image_ids: Sequence[str], *, min_references: int, max_references: int) -> dict[str, Any]:
+    ref: dict[str, Any] = {"type": "object", "additionalProperties": False, "required": ["img_id", "note"],
+                           "properties": {"img_id": {"enum": list(image_ids)},
+                                          "note": {"type": "string", "maxLength": NOTE_MAX_CHARS}}}
+    refs: dict[str, Any] = {"type": "array", "items": ref, "minItems": min_references,
+                            "maxItems": max(min(max_references, len(image_ids)), min_references)}
+    if not image_ids:
+        refs = {"type": "array", "maxItems": 0}
+    return {"type": "object", "additionalProperties": False, "required": ["gen_prompt", "reference_images"],
+            "properties": {"gen_prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS},
+                           "reference_images": refs}}
+
+
+_COMPACT = {"x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+
+
+def _json_rule(schema: dict[str, Any]) -> str:
+    return "%json " + json.dumps({**schema, **_COMPACT}, ensure_ascii=False)
+
+
+def protocol_grammar(
+    tools: Sequence[Tool] | None,
+    image_ids: Sequence[str] | None,
+    *,
+    min_references: int = 1,
+    max_references: int = 2,
+    think_max_chars: int = THINK_MAX_CHARS,
+) -> str:
+    """Lark grammar for one assistant turn. ``tools`` None/empty: no tool call; ``image_ids`` None: no answer."""
+    if not tools and image_ids is None:
+        raise ValueError("a turn needs at least one of tools and an answer")
+    actions, rules = [], []
+    if tools:
+        actions.append("tool_call")
+        rules.append(f'tool_call: "<tool_call>\\n" call_json "\\n</tool_call>"\ncall_json: {_json_rule(tool_call_schema(tools))}')
+    if image_ids is not None:
+        actions.append("answer")
+        schema = answer_schema(image_ids, min_references=min_references, max_references=max_references)
+        rules.append(f'answer: "<answer>\\n" answer_json "\\n</answer>"\nanswer_json: {_json_rule(schema)}')
+    return "\n".join([
+        f'start: "<think>\\n" THINK "\\n</think>\\n" ({" | ".join(actions)})',
+        f"THINK: /[^<>\\n]{{1,{think_max_chars}}}/",
+        *rules,
+    ])
+
+
+def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_references: int = 2,
+                       max_tool_calls: int = 10, think_max_chars: int = THINK_MAX_CHARS):
+    """A ``ConstraintFactory`` for ``Agent``: the grammar for the rollout's current state."""
+    by_name = {t.name: t for t in tools}
+
+    def factory(state) -> Constraint:
+        usable = [i for i, im in state.images.items() if im.path is not None]
+        can_answer = len(usable) >= min_references
+        allowed: list[Tool] = [] if state.final else list(tools)
+        left = max_tool_calls - state.n_tool_calls
+        if not state.final and not usable and left <= 1 and "image_search" in by_name:
+            allowed = [by_name["image_search"]]
+        if not allowed and not can_answer:
+            can_answer = True  # nothing else is possible; the answer will be recorded as invalid
+        grammar = protocol_grammar(allowed, usable if can_answer else None, min_references=min(min_references, len(usable)),
+                                   max_references=max_references, think_max_chars=think_max_chars)
+        return Constraint(kind="grammar", value=grammar)
+
+    return factory
