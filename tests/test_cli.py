@@ -79,7 +79,7 @@ def test_run_writes_a_valid_program(world, tmp_path):
         assert SECRET not in (out / name).read_text()
     assert SECRET not in result.output
     chat = [r for r in srv.requests if r.path == "/v1/chat/completions"]
-    assert len(chat) == 3 and chat[0].headers["Authorization"] == f"Bearer {SECRET}"
+    assert len(chat) == 3 and chat[0].headers["authorization"] == f"Bearer {SECRET}"
     assert json.loads(chat[0].body)["messages"][0]["role"] == "system"
 
 
