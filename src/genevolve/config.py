@@ -87,3 +87,44 @@ def build_agent(cfg: RunConfig) -> Agent:
     tools = build_tools(search=cfg.search, image_search=cfg.image_search, knowledge=cfg.knowledge,
                         download=cfg.download)
     return Agent(policy, tools, cfg.agent)
+
+
+def _spec(value: Any) -> BackendSpec | None:
+    if value is None or isinstance(value, BackendSpec):
+        return value
+    if isinstance(value, str):
+        return BackendSpec(kind=value)
+    if isinstance(value, dict):
+        return BackendSpec.model_validate(value)
+    raise ConfigError(f"expected a backend name, a dict with 'kind', or an instance; got {type(value).__name__}")
+
+
+def create_agent(policy: Any, *, search: Any = None, image_search: Any = None, knowledge: bool = True,
+                 download: dict[str, Any] | None = None, **agent_options: Any) -> Agent:
+    """The Python API: backends by name (``"serper"``), by spec (``{"kind": "openai", "model": ...}``)
+    or as instances (a ``Policy``, a ``TextSearchBackend``/``ImageSearchBackend``).
+
+    >>> agent = create_agent({"kind": "openai", "model": "GenEvolve-8B", "base_url": "http://localhost:8000/v1"},
+    ...                      search="serper", image_search="serper", max_references=2)
+    >>> agent.run("A watercolor of the Sydney Opera House at dawn").program
+    """
+    from genevolve.policy import POLICIES
+    from genevolve.policy.base import Policy
+    from genevolve.registry import build, resolve
+    from genevolve.tools import TOOLS, build_tools
+    from genevolve.tools.base_search import ImageSearchBackend, TextSearchBackend
+
+    if not isinstance(policy, Policy):
+        spec = _spec(policy)
+        policy = build(POLICIES, spec.kind, "policy", **spec.options)
+    tools = []
+    if isinstance(search, TextSearchBackend):
+        tools.append(resolve(TOOLS, "search", "tool")(search))
+        search = None
+    if isinstance(image_search, ImageSearchBackend):
+        from genevolve.tools.download import ImageDownloader
+
+        tools.append(resolve(TOOLS, "image_search", "tool")(image_search, ImageDownloader(**(download or {}))))
+        image_search = None
+    tools += build_tools(search=_spec(search), image_search=_spec(image_search), knowledge=knowledge, download=download)
+    return Agent(policy, tools, AgentConfig(**agent_options))
