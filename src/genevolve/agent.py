@@ -44,6 +44,9 @@ class AgentConfig(BaseModel):
     min_references: int = Field(1, ge=0, description="fewer usable references than this is a protocol failure")
     tool_timeout_s: float = Field(90.0, gt=0, description="wall-clock limit for one tool call")
     max_context_images: int = Field(12, ge=0, description="images attached to a VLM policy's context, newest kept")
+    structured_decoding: bool | None = Field(
+        None, description="decode every turn under the protocol grammar; None: when the policy prefers it "
+                          "(the embedded policy does; for a vLLM server set true)")
     sampling: Sampling = Field(default_factory=Sampling)
 
 
@@ -123,6 +126,15 @@ class Agent:
         self.policy = policy
         self.tools = {t.name: t for t in tools}
         self.config = config or AgentConfig()
+        use_grammar = self.config.structured_decoding
+        if use_grammar is None:
+            use_grammar = getattr(policy, "prefers_structured", False)
+        if constraint_factory is None and use_grammar:
+            from genevolve.structured import constraint_factory as protocol_constraints
+
+            constraint_factory = protocol_constraints(
+                list(self.tools.values()), min_references=self.config.min_references,
+                max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls)
         self.constraint_factory = constraint_factory
         self.system_prompt = prompts.system_prompt(
             list(self.tools.values()),

@@ -26,6 +26,8 @@ THINK_MAX_CHARS = 400
 PROMPT_MAX_CHARS = 500
 NOTE_MAX_CHARS = 80
 ARG_STRING_MAX_CHARS = 120
+#: no angle brackets (a string could otherwise close the protocol tag around it) and no control characters
+SAFE_STRING = "^[^<>\\x00-\\x1f]*$"
 
 
 def _bounded(schema: Any) -> Any:
@@ -35,6 +37,7 @@ def _bounded(schema: Any) -> Any:
         out = {k: _bounded(v) for k, v in schema.items() if k not in ("title", "default", "description")}
         if out.get("type") == "string" and "enum" not in out and "const" not in out:
             out["maxLength"] = min(int(out.get("maxLength", ARG_STRING_MAX_CHARS)), ARG_STRING_MAX_CHARS)
+            out["pattern"] = SAFE_STRING
         if out.get("type") == "array":
             out["maxItems"] = min(int(out.get("maxItems", 3)), 3)
         if out.get("type") == "object":
@@ -58,13 +61,15 @@ def tool_call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
 def answer_schema(image_ids: Sequence[str], *, min_references: int, max_references: int) -> dict[str, Any]:
     ref: dict[str, Any] = {"type": "object", "additionalProperties": False, "required": ["img_id", "note"],
                            "properties": {"img_id": {"enum": list(image_ids)},
-                                          "note": {"type": "string", "maxLength": NOTE_MAX_CHARS}}}
+                                          "note": {"type": "string", "maxLength": NOTE_MAX_CHARS,
+                                                   "pattern": SAFE_STRING}}}
     refs: dict[str, Any] = {"type": "array", "items": ref, "minItems": min_references,
                             "maxItems": max(min(max_references, len(image_ids)), min_references)}
     if not image_ids:
         refs = {"type": "array", "maxItems": 0}
     return {"type": "object", "additionalProperties": False, "required": ["gen_prompt", "reference_images"],
-            "properties": {"gen_prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS},
+            "properties": {"gen_prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS,
+                                          "pattern": SAFE_STRING},
                            "reference_images": refs}}
 
 

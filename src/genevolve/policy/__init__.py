@@ -19,6 +19,7 @@ from genevolve.registry import build
 POLICIES: dict[str, str] = {
     "openai": "genevolve.policy.openai_compat:OpenAIPolicy",
     "hf": "genevolve.policy.hf:HFPolicy",
+    "embedded": "genevolve.policy.embedded:EmbeddedPolicy",
     "scripted": "genevolve.policy.scripted:ScriptedPolicy",
 }
 

@@ -18,12 +18,14 @@ from genevolve.tools.base import NoArgs, Tool, ToolArgs, ToolError
 SEARCH_BACKENDS: dict[str, str] = {
     "serper": "genevolve.tools.serper:SerperSearch",
     "searxng": "genevolve.tools.searxng:SearxngSearch",
+    "local": "genevolve.tools.local_search:LocalTextSearch",
 }
 
 #: image search: kind -> "module:Class" (an ImageSearchBackend; web hits are fetched by ImageDownloader)
 IMAGE_SEARCH_BACKENDS: dict[str, str] = {
     "serper": "genevolve.tools.serper:SerperImageSearch",
     "searxng": "genevolve.tools.searxng:SearxngImageSearch",
+    "local": "genevolve.tools.local_images:LocalImageLibrary",
 }
 
 #: protocol tool name -> "module:Class" (a Tool)

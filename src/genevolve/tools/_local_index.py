@@ -72,7 +72,7 @@ def stem(word: str) -> str:
 
 @functools.cache
 def _stopwords() -> frozenset[str]:
-    require("bm25s", "offline")
+    require("bm25s", "embedded")
     from bm25s.stopwords import STOPWORDS_EN
 
     return frozenset(STOPWORDS_EN)
@@ -107,7 +107,7 @@ class Bm25:
 
     @classmethod
     def build(cls, texts: list[str]) -> Bm25:
-        bm25s = require("bm25s", "offline")
+        bm25s = require("bm25s", "embedded")
         retriever = bm25s.BM25()  # Lucene BM25, k1=1.5, b=0.75 (bm25s defaults)
         retriever.index([tokenize(t) for t in texts], show_progress=False)
         return cls(retriever)
@@ -117,7 +117,7 @@ class Bm25:
 
     @classmethod
     def load(cls, directory: Path, name: str = "bm25") -> Bm25:
-        bm25s = require("bm25s", "offline")
+        bm25s = require("bm25s", "embedded")
         return cls(bm25s.BM25.load(str(directory / name), show_progress=False))
 
     def scores(self, query: str) -> Any:

@@ -96,7 +96,7 @@ class LocalImageLibrary(ImageSearchBackend):
     def index_dir(self) -> Path:
         parts = [LAYOUT]
         if self.openmoji:
-            emoji = require("emoji", "offline")
+            emoji = require("emoji", "embedded")
             parts.append(f"openmoji={openmoji_version()}|emoji={emoji.__version__}|{svg_dir()}")
         for folder, files in zip(self.folders, self._files, strict=True):
             # sidecars are part of the source: editing a caption must rebuild
@@ -114,14 +114,17 @@ class LocalImageLibrary(ImageSearchBackend):
                 self._entries = read_json(directory / DOCS_FILE)
                 self._bm25 = Bm25.load(directory)
                 self.problems = list(meta.get("problems", []))
+                for problem in self.problems:  # on every load, not only the build: still skipped
+                    log.warning("local image library: %s", problem)
                 self.info = IndexInfo(directory, len(self._entries), built, problems=self.problems)
                 self.info.seconds = time.perf_counter() - start
             return self.info
 
     def _build(self, tmp: Path) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []
+        unnamed = 0
         if self.openmoji:
-            emojis, _unnamed = catalogue()
+            emojis, unnamed = catalogue()
             entries += [
                 {"title": e.name, "keywords": list(e.keywords), "group": e.group, "hexcode": e.hexcode}
                 for e in emojis
@@ -132,12 +135,10 @@ class LocalImageLibrary(ImageSearchBackend):
             if not usable:
                 problems.append(f"image folder {str(folder)!r}: no decodable images")
             entries += usable
-        for problem in problems:
-            log.warning("local image library: %s", problem)
         texts = [" ".join([e["title"], *e["keywords"], e["group"]]) for e in entries]
         Bm25.build(texts or [""]).save(tmp)
         write_json(tmp / DOCS_FILE, entries)
-        return {"n_docs": len(entries), "problems": problems}
+        return {"n_docs": len(entries), "problems": problems, "openmoji_unnamed": unnamed}
 
     # ------------------------------------------------------------------ ranking
 
@@ -197,4 +198,4 @@ def user_entry(path: Path, problems: list[str]) -> dict[str, Any] | None:
             tags = [str(t) for t in meta.get("tags", [])]
         else:
             problems.append(f"ignored {sidecar}: expected {{\"title\": str, \"tags\": [str]}}")
-    return {"title": title, "keywords": [path.stem, *tags], "group": "user", "path": str(path.resolve())}
+    return {"title": title, "keywords": [path.stem, *tags], "group": "", "path": str(path.resolve())}

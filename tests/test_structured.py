@@ -1,0 +1,99 @@
+"""Grammar-constrained decoding: the grammar admits exactly the protocol, and a random tiny model
+decoding under it always produces turns that parse (protocol failures are impossible, not unlikely)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("llguidance")
+torch = pytest.importorskip("torch")
+
+from genevolve.agent import Agent, AgentConfig, RolloutState  # noqa: E402
+from genevolve.policy.base import Constraint, Sampling  # noqa: E402
+from genevolve.policy.guided import GrammarLogitsProcessor, llguidance_factory  # noqa: E402
+from genevolve.policy.hf import HFPolicy  # noqa: E402
+from genevolve.protocol import ToolCall, format_turn, parse_turn  # noqa: E402
+from genevolve.structured import constraint_factory, protocol_grammar  # noqa: E402
+from genevolve.tools.knowledge import KnowledgeTool  # noqa: E402
+from genevolve.types import RetrievedImage, StopReason, Turn  # noqa: E402
+from tests.fakes import FakeImages, FakeSearch  # noqa: E402
+from tests.test_policy_hf import make_llama, make_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tools(tmp_path):
+    return [FakeSearch(), FakeImages(tmp_path), KnowledgeTool()]
+
+
+def accepts(tok, grammar: str, text: str) -> bool:
+    proc = GrammarLogitsProcessor(Constraint(kind="grammar", value=grammar), tok)
+    ids = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return all(proc.matcher.consume_token(t) for t in ids) and proc.matcher.is_accepting()
+
+
+def test_grammar_admits_protocol_turns_only(tok, tools):
+    g = protocol_grammar(tools, ["IMG_001", "IMG_002"])
+    call = format_turn("find it", tool_call=ToolCall("image_search", {"query": "red fox", "top_k": 5}))
+    good = format_turn("ok", answer={"gen_prompt": "a fox", "reference_images": [{"img_id": "IMG_002", "note": "fox"}]})
+    assert accepts(tok, g, call) and accepts(tok, g, good)
+    bad_id = good.replace("IMG_002", "IMG_009")
+    bad_tool = call.replace("image_search", "browse")
+    stray = good + "\nmore"
+    angle = format_turn("ok", answer={"gen_prompt": "a </answer> fox", "reference_images": [{"img_id": "IMG_001", "note": ""}]})
+    missing_arg = '<think>\nx\n</think>\n<tool_call>\n{"name": "image_search", "arguments": {"query": "fox"}}\n</tool_call>'
+    for text in (bad_id, bad_tool, stray, angle, missing_arg, "no think"):
+        assert not accepts(tok, g, text), text
+
+
+def _state(images=(), final=False, n_tool_calls=0):
+    s = RolloutState(final=final, n_tool_calls=n_tool_calls)
+    for i, path in enumerate(images, 1):
+        s.images[f"IMG_{i:03d}"] = RetrievedImage(img_id=f"IMG_{i:03d}", path=path)
+    return s
+
+
+def test_constraint_factory_follows_the_rollout(tools):
+    factory = constraint_factory(tools, max_tool_calls=10)
+    start = factory(_state()).value
+    assert "tool_call" in start and "answer" not in start  # no usable image yet: no answer
+    with_images = factory(_state(["/a.png", None])).value
+    assert "tool_call" in with_images and '"IMG_001"' in with_images and "IMG_002" not in with_images
+    final = factory(_state(["/a.png"], final=True)).value
+    assert "tool_call" not in final and "answer" in final
+    last_chance = factory(_state(n_tool_calls=9)).value
+    assert '"image_search"' in last_chance and '"search"' not in last_chance and "answer" not in last_chance
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_model_under_grammar_always_parses(tok, tools, seed):
+    policy = HFPolicy.from_objects(make_llama(tok, seed=seed), tok, logits_processor_factory=llguidance_factory)
+    grammar = protocol_grammar(tools, ["IMG_003"], think_max_chars=40)
+    text = policy.chat([Turn(role="user", content="draw a fox")], sampling=Sampling(temperature=1.0, seed=seed, max_tokens=2000),
+                       constraint=Constraint(kind="grammar", value=grammar))
+    parsed = parse_turn(text, {t.name for t in tools})
+    assert parsed.error is None, text
+    if parsed.answer is not None:
+        assert {r["img_id"] for r in parsed.answer["reference_images"]} <= {"IMG_003"}
+
+
+def test_structured_rollout_with_a_random_model_ends_with_a_program(tok, tools):
+    policy = HFPolicy.from_objects(make_llama(tok, seed=7), tok, logits_processor_factory=llguidance_factory)
+    cfg = AgentConfig(max_policy_calls=3, max_tool_calls=2, structured_decoding=True,
+                      sampling=Sampling(temperature=1.0, seed=3, max_tokens=2000))
+    traj = Agent(policy, tools, cfg).run("a fox in the snow")
+    assert traj.n_format_errors == 0
+    assert traj.stop_reason == StopReason.ANSWER, (traj.failure, [t.content[:200] for t in traj.turns[2:]])
+    assert traj.program.references
+
+
+def test_other_constraint_kinds(tok):
+    proc = llguidance_factory(Constraint(kind="regex", value=r"(yes|no)"), tok)
+    assert proc.matcher.consume_tokens(tok("yes", add_special_tokens=False).input_ids)
+    proc = llguidance_factory(Constraint(kind="json_schema", value={"type": "object", "properties": {"a": {"type": "integer"}},
+                                                                   "required": ["a"]}), tok)
+    assert not proc.matcher.is_error()
