@@ -75,7 +75,8 @@ def test_run_writes_a_valid_program(world, tmp_path):
     Image.open(program.references[0].path).verify()
     traj = Trajectory.load(out / "trajectory.json")
     assert traj.ok and traj.n_tool_calls == 2 and traj.backends["policy"] == "openai:test"
-    for name in ("trajectory.json", "program.json", "config.yaml"):
+    assert Image.open(out / "image.png").size[0] > 0
+    for name in ("trajectory.json", "program.json", "config.yaml", "render.json"):
         assert SECRET not in (out / name).read_text()
     assert SECRET not in result.output
     chat = [r for r in srv.requests if r.path == "/v1/chat/completions"]
@@ -92,9 +93,23 @@ def test_flags_override_config(world, tmp_path):
     assert chat[0]["temperature"] == 0.1
 
 
-def test_run_without_policy_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["run", "a cat", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "no policy configured" in result.output
+def test_defaults_resolve_to_the_embedded_stack(tmp_path):
+    from genevolve.config import load_config
+
+    cfg = load_config()
+    assert (cfg.policy.kind, cfg.search.kind, cfg.image_search.kind, cfg.renderer.kind) == ("embedded", "local", "local", "collage")
+    assert cfg.agent.max_policy_calls == 5  # embedded budgets
+    path = tmp_path / "c.yaml"
+    path.write_text("policy: {kind: openai, model: m}\nsearch: null\n")
+    cfg = load_config(path)
+    assert cfg.agent.max_policy_calls == 11 and cfg.search is None and cfg.image_search.kind == "local"
+
+
+def test_missing_backend_option_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("policy: {kind: openai}\nsearch: null\n")
+    result = runner.invoke(app, ["run", "a cat", "--config", str(path), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "model" in result.output
 
 
 def test_unknown_backend_lists_valid_names(tmp_path):

@@ -50,8 +50,8 @@ def test_grammar_admits_protocol_turns_only(tok, tools):
         assert not accepts(tok, g, text), text
 
 
-def _state(images=(), final=False, n_tool_calls=0):
-    s = RolloutState(final=final, n_tool_calls=n_tool_calls)
+def _state(images=(), final=False, n_tool_calls=0, request="three red apples on a table"):
+    s = RolloutState(request=request, final=final, n_tool_calls=n_tool_calls)
     for i, path in enumerate(images, 1):
         s.images[f"IMG_{i:03d}"] = RetrievedImage(img_id=f"IMG_{i:03d}", path=path)
     return s
@@ -67,6 +67,17 @@ def test_constraint_factory_follows_the_rollout(tools):
     assert "tool_call" not in final and "answer" in final
     last_chance = factory(_state(n_tool_calls=9)).value
     assert '"image_search"' in last_chance and '"search"' not in last_chance and "answer" not in last_chance
+    assert '"enum": ["three red", "red apples", "apples table", "three", "red", "apples", "table"]' in last_chance
+    repeated = _state(["/a.png"])
+    repeated.last_repeated_tool = "search"
+    assert '"search"' not in factory(repeated).value and '"image_search"' in factory(repeated).value
+
+
+def test_request_phrases():
+    from genevolve.structured import request_phrases
+
+    assert request_phrases("Draw the Eiffel Tower at night") == ["eiffel tower", "tower night", "eiffel", "tower", "night"]
+    assert request_phrases("") == [] and request_phrases("12 34") == []
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -58,12 +58,14 @@ ConstraintFactory = Callable[["RolloutState"], Constraint | None]
 class RolloutState:
     """What the loop knows mid-rollout; handed to constraint factories."""
 
+    request: str = ""
     round: int = 0
     final: bool = False
     n_tool_calls: int = 0
     images: dict[str, RetrievedImage] = field(default_factory=dict)
     next_image_number: int = 1
     calls_seen: dict[str, int] = field(default_factory=dict)  # canonical call -> round first made
+    last_repeated_tool: str | None = None  # the tool of the previous call, if that call was a repeat
 
     def register(self, image: RetrievedImage) -> RetrievedImage:
         """Give a retrieved image the next ``IMG_###`` id; the same file or URL keeps its first id."""
@@ -132,9 +134,10 @@ class Agent:
         if constraint_factory is None and use_grammar:
             from genevolve.structured import constraint_factory as protocol_constraints
 
+            extra = {"think_max_chars": policy.think_max_chars} if hasattr(policy, "think_max_chars") else {}
             constraint_factory = protocol_constraints(
                 list(self.tools.values()), min_references=self.config.min_references,
-                max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls)
+                max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls, **extra)
         self.constraint_factory = constraint_factory
         self.system_prompt = prompts.system_prompt(
             list(self.tools.values()),
@@ -170,7 +173,7 @@ class Agent:
         if not request.strip():
             self._stop(traj, StopReason.EMPTY_REQUEST, "the request is empty")
         else:
-            await self._loop(traj, RolloutState())
+            await self._loop(traj, RolloutState(request=request))
         traj.timings["total"] = time.perf_counter() - t0
         return traj
 
@@ -237,6 +240,7 @@ class Agent:
         traj.tool_calls.append(record)
 
         key = _canonical(call.name, call.arguments)
+        state.last_repeated_tool = call.name if key in state.calls_seen else None
         if key in state.calls_seen:
             record.repeated = True
             record.error = "repeated_call"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -28,22 +29,25 @@ def run(
     request: Annotated[str, typer.Argument(help="what to draw, in words")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for trajectory.json and program.json")] = Path("runs/last"),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (see genevolve.config)")] = None,
-    policy: Annotated[str | None, typer.Option(help="policy backend: openai, hf, or package.module:Class")] = None,
+    policy: Annotated[str | None, typer.Option(help="policy backend: embedded (default), openai, hf, or package.module:Class")] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (vLLM, SGLang, gateway)")] = None,
     model: Annotated[str | None, typer.Option(help="model name (openai) or path/id (hf)")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="env var holding the API key (default OPENAI_API_KEY)")] = None,
-    search: Annotated[str | None, typer.Option(help="text search backend: serper, searxng")] = None,
-    image_search: Annotated[str | None, typer.Option(help="image search backend: serper")] = None,
+    search: Annotated[str | None, typer.Option(help="text search backend: local (default), serper, searxng")] = None,
+    image_search: Annotated[str | None, typer.Option(help="image search backend: local (default), serper, searxng")] = None,
     searxng_url: Annotated[str | None, typer.Option(help="SearXNG base URL (for --search searxng)")] = None,
     max_references: Annotated[int | None, typer.Option(help="references kept in the program (default 2)")] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature (default 0.6)")] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed, where the backend supports one")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the program")] = False,
 ) -> None:
-    """Run the agent on one request; write OUT/trajectory.json and OUT/program.json."""
-    from genevolve.config import build_agent, load_config
+    """Run the agent on one request; write OUT/trajectory.json, OUT/program.json and OUT/image.png.
+
+    With no --policy and no --config, the embedded offline stack runs (SmolLM2 + local search +
+    OpenMoji + collage renderer)."""
+    from genevolve.config import build_agent, build_renderer, load_config
     from genevolve.display import print_outcome, print_trajectory
-    from genevolve.policy.base import PolicyError
+    from genevolve.pipeline import solve
 
     overrides: dict[str, Any] = {"agent": {}}
     if policy:
@@ -63,22 +67,20 @@ def run(
     try:
         cfg = load_config(config, overrides)
         agent = build_agent(cfg)
+        renderer = build_renderer(cfg)
     except (ConfigError, MissingDependency) as exc:
         _fail(str(exc))
-    try:
-        traj = agent.run(request)
-    except PolicyError as exc:  # pragma: no cover - the agent records these; kept as a last guard
-        _fail(str(exc), 1)
     out.mkdir(parents=True, exist_ok=True)
-    traj.save(out / "trajectory.json")
     (out / "config.yaml").write_text(_dump_config(cfg), encoding="utf-8")
-    if traj.program is not None:
-        from genevolve.types import write_text_atomic
-
-        write_text_atomic(out / "program.json", traj.program.model_dump_json(indent=2))
+    with console.status(f"running {agent.policy.name}…", spinner="dots"):
+        outcome = asyncio.run(solve(agent, request, out, renderer=renderer, seed=seed or 0))
+    traj = outcome.trajectory
     (print_outcome if quiet else print_trajectory)(traj, console)
-    console.print(f"wrote {out / 'trajectory.json'}" + (f" and {out / 'program.json'}" if traj.program else ""))
-    if traj.program is None:
+    written = ["trajectory.json"] + (["program.json"] if traj.program else []) + (["image.png"] if outcome.image_path else [])
+    console.print(f"wrote {', '.join(str(out / w) for w in written)}")
+    if outcome.render and "error" in outcome.render:
+        err.print(f"[red]rendering failed:[/red] {outcome.render['message']}")
+    if traj.program is None or (renderer is not None and outcome.image_path is None):
         raise typer.Exit(1)
 
 

@@ -1,5 +1,8 @@
 """Typed run configuration: defaults, then a YAML file, then CLI flags. Backends are named by ``kind``.
 
+With no policy configured anywhere, the embedded offline stack (``genevolve.defaults``) fills every
+unset role. Unset search and image search default to the offline backends, the renderer to collage.
+
 Example ``run.yaml``::
 
     policy: {kind: openai, model: GenEvolve-8B, base_url: http://localhost:8000/v1}
@@ -36,9 +39,11 @@ class BackendSpec(BaseModel):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy: BackendSpec | None = Field(None, description="the policy model; required until an embedded default exists")
-    search: BackendSpec | None = Field(None, description="text search backend for the `search` tool; none: tool absent")
-    image_search: BackendSpec | None = Field(None, description="image search backend; none: tool absent")
+    policy: BackendSpec | None = Field(None, description="the policy model (default: the embedded SmolLM2 policy)")
+    search: BackendSpec | None = Field(None, description="text search backend for the `search` tool; null: tool absent")
+    image_search: BackendSpec | None = Field(None, description="image search backend; null: tool absent")
+    renderer: BackendSpec | None = Field(None, description="renders the program to DIR/image.png; null: no image")
+    judge: BackendSpec | None = Field(None, description="scores rendered images (bench, demo)")
     knowledge: bool = Field(True, description="offer the `query_knowledge` tool with the eight skills")
     download: dict[str, Any] = Field(default_factory=dict, description="options of the safe image downloader")
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -58,10 +63,28 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
     _merge(data, overrides or {})
+    data = _with_defaults(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill unset roles: everything from the embedded stack when no policy is named, else only the
+    offline tools and the collage renderer (a role explicitly set to null stays absent)."""
+    from genevolve.defaults import embedded_defaults
+
+    defaults = embedded_defaults()
+    if data.get("policy") is None:
+        base = defaults
+    else:
+        base = {k: defaults[k] for k in ("search", "image_search", "renderer", "judge")}
+    _merge(base, data)
+    for key, value in data.items():
+        if value is None:
+            base[key] = None
+    return base
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -81,12 +104,28 @@ def build_agent(cfg: RunConfig) -> Agent:
     from genevolve.tools import build_tools
 
     if cfg.policy is None:
-        raise ConfigError("no policy configured: pass --policy (e.g. --policy openai --base-url URL --model NAME) "
-                          "or set `policy:` in --config")
+        raise ConfigError("no policy configured: pass --policy (e.g. --policy openai --base-url URL --model NAME), "
+                          "set `policy:` in --config, or leave both out for the embedded default")
     policy = build(POLICIES, cfg.policy.kind, "policy", **cfg.policy.options)
     tools = build_tools(search=cfg.search, image_search=cfg.image_search, knowledge=cfg.knowledge,
                         download=cfg.download)
     return Agent(policy, tools, cfg.agent)
+
+
+def build_renderer(cfg: RunConfig):
+    """The configured renderer, or None."""
+    from genevolve.registry import build
+    from genevolve.render import RENDERERS
+
+    return None if cfg.renderer is None else build(RENDERERS, cfg.renderer.kind, "renderer", **cfg.renderer.options)
+
+
+def build_judge(cfg: RunConfig):
+    """The configured judge, or None."""
+    from genevolve.judge import JUDGES
+    from genevolve.registry import build
+
+    return None if cfg.judge is None else build(JUDGES, cfg.judge.kind, "judge", **cfg.judge.options)
 
 
 def _spec(value: Any) -> BackendSpec | None:

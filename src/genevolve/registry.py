@@ -7,6 +7,7 @@ so ``import genevolve`` never pulls torch, transformers or an HTTP SDK.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 
@@ -33,7 +34,15 @@ def resolve(table: dict[str, str], kind: str, what: str) -> type:
 
 
 def build(table: dict[str, str], kind: str, what: str, **kwargs: Any) -> Any:
-    return resolve(table, kind, what)(**kwargs)
+    """Construct the backend; options that do not fit its constructor are a configuration error."""
+    cls = resolve(table, kind, what)
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{what} backend {kind!r}: {exc} (options given: {', '.join(kwargs) or 'none'})") from exc
+    except ValueError:  # no introspectable signature (C extensions): let the call itself report
+        pass
+    return cls(**kwargs)
 
 
 class MissingDependency(ImportError):

@@ -9,7 +9,9 @@ Rules that depend on the rollout (``constraint_factory``):
 - in the final step only an answer is allowed;
 - an answer is allowed only once enough usable images exist to satisfy ``min_references``;
 - while no usable image exists and at most one tool call is left before the final step, only
-  ``image_search`` is allowed, so a rollout can always end with a valid program.
+  ``image_search`` is allowed, and its query must be a word or phrase of the request, so that a
+  rollout can end with a usable reference even when the model's own queries found nothing;
+- a tool whose previous call was an exact repeat is not offered on the next turn.
 JSON is compact (no free whitespace) and strings are length-bounded so a weak model cannot ramble.
 """
 
@@ -106,6 +108,36 @@ def protocol_grammar(
     ])
 
 
+_STOPWORDS = frozenset("""a an the of in on at to for with and or but by from as is are be this that these those
+it its into over under above below near next beside than then there their them they some any each every
+very much many more most few all no not make draw show create picture image photo poster style please
+shows showing""".split())
+
+
+def request_phrases(request: str, limit: int = 24) -> list[str]:
+    """Content words and adjacent word pairs of the request, as fallback image-search queries."""
+    import re
+
+    words = [w for w in re.findall(r"[^\W\d_][\w'-]*", request.lower()) if w not in _STOPWORDS and len(w) > 2]
+    phrases = [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] + words
+    return list(dict.fromkeys(p[:ARG_STRING_MAX_CHARS] for p in phrases))[:limit]
+
+
+def _fallback_image_tool(tool: Tool, phrases: list[str]) -> Tool:
+    """``tool`` whose schema only admits ``query`` values from ``phrases``."""
+    schema = tool.schema()
+    schema["properties"] = {**schema.get("properties", {}), "query": {"enum": phrases}}
+
+    class Restricted:
+        name = tool.name
+
+        @staticmethod
+        def schema() -> dict[str, Any]:
+            return schema
+
+    return Restricted()  # type: ignore[return-value]
+
+
 def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_references: int = 2,
                        max_tool_calls: int = 10, think_max_chars: int = THINK_MAX_CHARS):
     """A ``ConstraintFactory`` for ``Agent``: the grammar for the rollout's current state."""
@@ -114,10 +146,12 @@ def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_re
     def factory(state) -> Constraint:
         usable = [i for i, im in state.images.items() if im.path is not None]
         can_answer = len(usable) >= min_references
-        allowed: list[Tool] = [] if state.final else list(tools)
+        allowed: list[Tool] = [] if state.final else [t for t in tools if t.name != state.last_repeated_tool]
         left = max_tool_calls - state.n_tool_calls
         if not state.final and not usable and left <= 1 and "image_search" in by_name:
-            allowed = [by_name["image_search"]]
+            phrases = request_phrases(state.request)
+            image_tool = by_name["image_search"]
+            allowed = [_fallback_image_tool(image_tool, phrases) if phrases else image_tool]
         if not allowed and not can_answer:
             can_answer = True  # nothing else is possible; the answer will be recorded as invalid
         grammar = protocol_grammar(allowed, usable if can_answer else None, min_references=min(min_references, len(usable)),

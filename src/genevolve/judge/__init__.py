@@ -1,0 +1,9 @@
+"""Judges: (request, image, GT) in, a four-dimension rubric Score out. ``kind -> "module:Class"``."""
+
+from genevolve.judge.base import Judge, Score, overall
+
+JUDGES: dict[str, str] = {
+    "heuristic": "genevolve.judge.heuristic:HeuristicJudge",
+}
+
+__all__ = ["JUDGES", "Judge", "Score", "overall"]

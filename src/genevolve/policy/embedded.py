@@ -69,6 +69,8 @@ class EmbeddedPolicy(HFPolicy):
     """SmolLM2-135M-Instruct with protocol-grammar decoding; ``adapter`` is an optional LoRA folder."""
 
     prefers_structured = True
+    #: a 135M model fills any room it is given with repetition: keep its reasoning short
+    think_max_chars = 200
 
     def __init__(self, adapter: str | Path | None = None, device: str = "cpu", max_concurrency: int = 1,
                  cache_root: str | Path | None = None, **kw: Any):
