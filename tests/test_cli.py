@@ -129,7 +129,7 @@ def test_failed_rollout_exits_1_and_keeps_the_trajectory(tmp_path, monkeypatch):
     assert not (out / "program.json").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["doctor"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["doctor"], ["demo"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -139,3 +139,31 @@ def test_doctor_reports_backends(monkeypatch):
     monkeypatch.delenv("SERPER_API_KEY", raising=False)
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0 and "serper" in result.output and "SERPER_API_KEY" in result.output
+
+
+def test_empty_request_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["run", "   ", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "request is empty" in result.output
+
+
+def test_broken_user_image_folder_is_reported_not_fatal(tmp_path, monkeypatch):
+    """A user folder with a broken file: the library skips it and says so; the run goes on."""
+    monkeypatch.setenv("GENEVOLVE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (0, 90, 200)).save(folder / "blue_kite.png")
+    (folder / "broken_kite.png").write_bytes(b"not a png at all")
+    with LoopbackServer() as srv:
+        srv.routes["/v1/chat/completions"] = _chat([
+            format_turn("look", tool_call=ToolCall("image_search", {"query": "kite"})),
+            format_turn("ok", answer={"gen_prompt": "the kite of the first reference image in the sky",
+                                      "reference_images": [{"img_id": "IMG_001", "note": "kite"}]}),
+        ])
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"policy": {"kind": "openai", "model": "m", "base_url": srv.url("/v1")},
+                                       "search": None, "image_search": {"kind": "local", "folders": [str(folder)], "openmoji": False}}))
+        out = tmp_path / "out"
+        result = runner.invoke(app, ["run", "a kite", "--config", str(cfg), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    program = Program.model_validate_json((out / "program.json").read_text())
+    assert program.references[0].path.endswith("blue_kite.png")

@@ -333,3 +333,12 @@ async def test_vlm_in_bfloat16_gets_pixels_in_its_dtype(llava, turns):
     model, processor = llava
     policy = HFPolicy.from_objects(copy.deepcopy(model).to(torch.bfloat16), processor=processor)
     assert isinstance(await policy.achat(turns, sampling=GREEDY), str)
+
+
+def test_context_overflow_is_a_policy_error(tok):
+    from genevolve.policy.base import PolicyError
+
+    policy = HFPolicy.from_objects(make_llama(tok), tok)  # max_position_embeddings=512
+    long_turns = [Turn(role="user", content="fox " * 2000)]
+    with pytest.raises(PolicyError, match="beyond the model's context"):
+        policy.chat(long_turns, sampling=GREEDY)

@@ -36,6 +36,8 @@ def run(
     search: Annotated[str | None, typer.Option(help="text search backend: local (default), serper, searxng")] = None,
     image_search: Annotated[str | None, typer.Option(help="image search backend: local (default), serper, searxng")] = None,
     searxng_url: Annotated[str | None, typer.Option(help="SearXNG base URL (for --search searxng)")] = None,
+    docs: Annotated[list[Path] | None, typer.Option("--docs", help="folder of .md/.txt/.jsonl documents for local search (repeatable)")] = None,
+    images: Annotated[list[Path] | None, typer.Option("--images", help="folder of captioned images for local image search (repeatable)")] = None,
     max_references: Annotated[int | None, typer.Option(help="references kept in the program (default 2)")] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature (default 0.6)")] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed, where the backend supports one")] = None,
@@ -49,6 +51,8 @@ def run(
     from genevolve.display import print_outcome, print_trajectory
     from genevolve.pipeline import solve
 
+    if not request.strip():
+        _fail("the request is empty: say what to draw, e.g. genevolve run \"a red fox in the snow\"")
     overrides: dict[str, Any] = {"agent": {}}
     if policy:
         overrides["policy"] = {"kind": policy}
@@ -59,6 +63,10 @@ def run(
         overrides["search"] = {"kind": search} | ({"base_url": searxng_url} if searxng_url else {})
     if image_search:
         overrides["image_search"] = {"kind": image_search}
+    if docs:
+        overrides.setdefault("search", {"kind": "local"})["folders"] = [str(d) for d in docs]
+    if images:
+        overrides.setdefault("image_search", {"kind": "local"})["folders"] = [str(d) for d in images]
     if max_references is not None:
         overrides["agent"]["max_references"] = max_references
     sampling = {k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None}
@@ -82,6 +90,52 @@ def run(
         err.print(f"[red]rendering failed:[/red] {outcome.render['message']}")
     if traj.program is None or (renderer is not None and outcome.image_path is None):
         raise typer.Exit(1)
+
+
+DEMO_REQUESTS = [
+    ("needs search", "The flag of the country where Mount Fuji stands, waving on a tall pole under a blue sky"),
+    ("needs counting", "Exactly five yellow bananas in a row on a white table"),
+    ("needs text", "A coffee cup under a shop sign that reads \"OPEN 24 HOURS\""),
+]
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the samples and index.html")] = Path("runs/demo"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (default: embedded stack)")] = None,
+    seed: Annotated[int, typer.Option(help="sampling and rendering seed")] = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="redo samples already in OUT")] = False,
+) -> None:
+    """Run three sample requests (search, counting, text) and write OUT/index.html."""
+    from genevolve.config import build_agent, build_judge, build_renderer, load_config
+    from genevolve.html_report import write_page
+    from genevolve.pipeline import solve
+
+    try:
+        cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
+        agent, renderer, judge = build_agent(cfg), build_renderer(cfg), build_judge(cfg)
+    except (ConfigError, MissingDependency) as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(_dump_config(cfg), encoding="utf-8")
+    samples = []
+    for i, (name, request) in enumerate(DEMO_REQUESTS, 1):
+        folder = out / f"{i}-{name.split()[-1]}"
+        samples.append((f"{i}. {name}", folder))
+        if (folder / "trajectory.json").is_file() and not fresh:
+            console.print(f"[dim]{name}: already done ({folder}), skipping[/dim]")
+            continue
+        with console.status(f"{name}: {request}", spinner="dots"):
+            outcome = asyncio.run(solve(agent, request, folder, renderer=renderer, judge=judge, seed=seed))
+        t = outcome.trajectory
+        score = f" · score {outcome.score.overall:.2f}" if outcome.score else ""
+        console.print(f"{'[green]✓' if outcome.ok else '[red]✗'}[/] {name}: {t.stop_reason} · "
+                      f"{t.n_tool_calls} tool calls · {t.timings.get('total', 0):.0f} s{score}")
+    page = write_page(out, samples, title="genevolve demo",
+                      intro=f"policy <code>{agent.policy.name}</code>, renderer "
+                            f"<code>{renderer.name if renderer else 'none'}</code>, judge "
+                            f"<code>{judge.name if judge else 'none'}</code>, seed {seed}")
+    console.print(f"wrote {page}")
 
 
 def _dump_config(cfg: Any) -> str:

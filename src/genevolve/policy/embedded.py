@@ -49,6 +49,7 @@ def converted_model_dir(root: str | Path | None = None) -> Path:
             return target
         transformers = require("transformers", "local")
         require("gguf", "embedded")
+        transformers.utils.logging.disable_progress_bar()
         source = gguf_path()
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name,
@@ -74,6 +75,7 @@ class EmbeddedPolicy(HFPolicy):
 
     def __init__(self, adapter: str | Path | None = None, device: str = "cpu", max_concurrency: int = 1,
                  cache_root: str | Path | None = None, **kw: Any):
+        require("transformers", "local").utils.logging.disable_progress_bar()  # keep the CLI's output readable
         super().__init__(str(converted_model_dir(cache_root)), device=device, dtype="float32", adapter=adapter,
                          max_concurrency=max_concurrency, name=kw.pop("name", "embedded:smollm2-135m"),
                          logits_processor_factory=llguidance_factory, **kw)

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from genevolve.policy.base import Constraint, Policy, Sampling, UnsupportedConstraint
+from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling, UnsupportedConstraint
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
 from genevolve.registry import ConfigError, require
 from genevolve.types import Turn
@@ -293,7 +293,13 @@ class HFPolicy(Policy):
             inputs = inputs.to(device=param.device, dtype=param.dtype)
         else:
             inputs = inputs.to(param.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        n_prompt = int(inputs["input_ids"].shape[1])
+        limit = self.context_limit()
+        if limit is not None and n_prompt >= limit:
+            raise PolicyError(f"{self.name}: the conversation is {n_prompt} tokens, beyond the model's context "
+                              f"of {limit}; shorten the request or lower the agent's budgets")
+        max_new = sampling.max_tokens if limit is None else min(sampling.max_tokens, limit - n_prompt)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": False}
         pad_id = self.tokenizer.pad_token_id
         kwargs["pad_token_id"] = pad_id if pad_id is not None else self.tokenizer.eos_token_id
         if getattr(self.model.generation_config, "eos_token_id", None) is None:
@@ -302,6 +308,13 @@ class HFPolicy(Policy):
             out_B_T = self.model.generate(**inputs, logits_processor=processors, **kwargs)
         new_T = out_B_T[0, inputs["input_ids"].shape[1] :]
         return self.tokenizer.decode(new_T, skip_special_tokens=True)
+
+    def context_limit(self) -> int | None:
+        """The model's context length in tokens, when its config states one."""
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        limit = getattr(config, "max_position_embeddings", None)
+        return int(limit) if isinstance(limit, int) and limit > 0 else None
 
     async def aclose(self) -> None:
         """Wait for running calls, then drop the model so its memory can be freed."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 
-from genevolve.render.scene_reader import Dropped, Position, Scene, SentenceReader, Subject, TextSpec
+from genevolve.render.scene import Dropped, Position, Scene, Subject, TextSpec
+from genevolve.render.scene_reader import SentenceReader
 from genevolve.render.scene_words import (
     ARRANGEMENT,
     COLOR_ALIASES,
