@@ -129,7 +129,7 @@ def test_failed_rollout_exits_1_and_keeps_the_trajectory(tmp_path, monkeypatch):
     assert not (out / "program.json").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["doctor"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["doctor"], ["demo"], ["bench"], ["report"], ["serve", "render"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

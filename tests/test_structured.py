@@ -17,7 +17,17 @@ from genevolve.structured import constraint_factory, protocol_grammar  # noqa: E
 from genevolve.tools.knowledge import KnowledgeTool  # noqa: E402
 from genevolve.types import RetrievedImage, StopReason, Turn  # noqa: E402
 from tests.fakes import FakeImages, FakeSearch  # noqa: E402
-from tests.test_policy_hf import make_llama, make_tokenizer  # noqa: E402
+from tests.test_policy_hf import make_tokenizer, text_config  # noqa: E402
+
+
+def make_llama(tok, seed: int = 0):
+    """A tiny random Llama with room for the whole system prompt (the byte-level test tokenizer
+    spends about one token per character)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**{**text_config(tok), "max_position_embeddings": 32768})
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

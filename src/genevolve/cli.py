@@ -145,6 +145,96 @@ def _dump_config(cfg: Any) -> str:
 
 
 @app.command()
+def bench(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="dataset file or folder: GenEvolve-Bench/Data jsonl or parquet, WISE json, plain jsonl/txt requests; needed for --stage agent/all")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder; rerunning the same command resumes it")] = Path("runs/bench"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (default: embedded stack)")] = None,
+    stage: Annotated[str, typer.Option(help="agent, render, judge, or all; a single stage reads the previous stage's jsonl in OUT")] = "all",
+    concurrency: Annotated[int, typer.Option(min=1, help="items in flight per stage at once")] = 4,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N items of the dataset")] = None,
+    seed: Annotated[int, typer.Option(help="sampling and rendering seed")] = 0,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip malformed dataset rows (counted) instead of stopping")] = False,
+) -> None:
+    """Benchmark: agent -> render -> judge over a dataset; writes OUT/*.jsonl, images/, summary.json/csv.
+
+    Each stage appends one fsynced record per item, so a killed run resumes where it stopped."""
+    from genevolve.bench.datasets import DatasetError, load_dataset
+    from genevolve.bench.runner import STAGES, Backends, BenchRun
+    from genevolve.bench.store import RunFolderError
+    from genevolve.bench.summary import write_summary
+    from genevolve.config import build_agent, build_judge, build_renderer, load_config
+
+    if stage not in (*STAGES, "all"):
+        _fail(f"--stage must be one of {', '.join(STAGES)} or all, got {stage!r}")
+    if data is None and stage in ("agent", "all"):
+        _fail(f"--stage {stage} needs --data (a dataset file or folder)")
+    try:
+        dataset = load_dataset(data, skip_bad=skip_bad, limit=limit) if data is not None else None
+        cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
+        stages = STAGES if stage == "all" else (stage,)
+        backends = Backends(agent=build_agent(cfg) if "agent" in stages else None,
+                            renderer=build_renderer(cfg) if "render" in stages else None,
+                            judge=build_judge(cfg) if "judge" in stages else None)
+    except (ConfigError, MissingDependency, DatasetError) as exc:
+        _fail(str(exc))
+    if dataset is not None and dataset.skipped:
+        err.print(f"[yellow]skipped {len(dataset.skipped)} bad rows[/yellow], first: {dataset.skipped[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    _save_run_config(out, _dump_config(cfg), stage)
+    items = dataset.items if dataset is not None else None
+    try:
+        runner = BenchRun(out, backends, items, concurrency=concurrency, seed=seed)
+        asyncio.run(runner.run(stage))
+    except RunFolderError as exc:
+        _fail(str(exc))
+    if runner.n_exceptions:
+        err.print(f"[red]{runner.n_exceptions} items failed with an unexpected exception[/red] "
+                  "(recorded as <stage>:exception:<Type> in the stage's jsonl)")
+    if "judge" in runner.stages(stage):
+        summary = write_summary(out, [i.id for i in items] if items is not None else None)
+        a = summary["all"]
+        ks = "n/a" if a["kscore"] is None else f"{a['kscore']:.4f}"
+        console.print(f"KScore {ks} · missing-as-zero {a['kscore_missing_zero'] or 0:.4f} · "
+                      f"{a['n_scored']}/{summary['n_items']} scored · failures {summary['failures'] or 'none'}")
+        console.print(f"wrote {out / 'summary.json'}, {out / 'summary.csv'}; see it with: genevolve report {out}")
+    else:
+        console.print(f"wrote {out}; next: genevolve bench --out {out} --stage "
+                      f"{STAGES[STAGES.index(stage) + 1]}")
+
+
+def _save_run_config(out: Path, text: str, stage: str) -> None:
+    """config.yaml is the run's resolved config; a stage run with a different one keeps it beside."""
+    from genevolve.types import write_text_atomic
+
+    path = out / "config.yaml"
+    if not path.is_file() or path.read_text(encoding="utf-8") == text:
+        write_text_atomic(path, text)
+    else:
+        other = out / f"config.{stage}.yaml"
+        write_text_atomic(other, text)
+        err.print(f"[yellow]note:[/yellow] {path} differs from this run's config; saved this one as {other}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by genevolve bench")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="page to write (default RUN_DIR/report.html)")] = None,
+) -> None:
+    """Write one self-contained HTML page (embedded thumbnails) for a benchmark run."""
+    from genevolve.bench.report import write_report
+    from genevolve.bench.runner import LOGS
+    from genevolve.bench.store import RunFolderError
+
+    if not any((run_dir / name).is_file() for name in LOGS.values()):
+        _fail(f"{run_dir} holds none of {', '.join(LOGS.values())}: is it a genevolve bench run folder?")
+    try:
+        page = write_report(run_dir, out)
+    except RunFolderError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
 def doctor() -> None:
     """Say which backends are usable on this machine, and why not."""
     from rich.table import Table
@@ -157,6 +247,39 @@ def doctor() -> None:
     for c in checks():
         table.add_row(c.role, c.backend, "[green]yes[/green]" if c.ok else "[red]no[/red]", c.why)
     console.print(table)
+
+
+serve_app = typer.Typer(help="Serve a backend over HTTP.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("render")
+def serve_render(
+    backend: Annotated[str, typer.Option(help="renderer kind: collage, qwen_image_edit, flux_kontext, …")] = "collage",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8100,
+    option: Annotated[list[str] | None, typer.Option("--option", help="renderer option KEY=VALUE (YAML value), repeatable")] = None,
+    max_concurrency: Annotated[int, typer.Option(help="renders running at once")] = 4,
+) -> None:
+    """Serve a renderer at POST /generate (the GenEvolve service payload) and GET /health."""
+    import yaml
+
+    from genevolve.registry import build
+    from genevolve.render import RENDERERS
+
+    options: dict[str, Any] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    try:
+        renderer = build(RENDERERS, backend, "renderer", **options)
+        from genevolve.render.http_service import serve
+    except (ConfigError, MissingDependency) as exc:
+        _fail(str(exc))
+    console.print(f"serving renderer {renderer.name} on http://{host}:{port}/generate")
+    serve(renderer, host=host, port=port, max_concurrency=max_concurrency)
 
 
 def main() -> None:  # pragma: no cover

@@ -51,7 +51,8 @@ def _copy_reference(path: str | None, folder: Path) -> str | None:
     return f"{folder.name}/references/{target.name}"
 
 
-def _steps(traj: Trajectory) -> str:
+def steps_html(traj: Trajectory) -> str:
+    """The trajectory as a list of policy and tool steps (HTML)."""
     out = []
     for turn in traj.turns:
         if turn.role == "system" or turn.kind == "request":
@@ -113,7 +114,7 @@ def sample_section(folder: Path, title: str) -> str:
 <h2>{_e(title)}</h2>
 <p><b>request</b>: {_e(traj.request)}<br><span class="muted">{status} · {_e(meta)}</span></p>
 <div class="refs">{''.join(figures) or '<span class="muted">no images retrieved</span>'}</div>
-<div class="row"><div class="steps">{_steps(traj)}</div><div class="side">{''.join(side)}</div></div>
+<div class="row"><div class="steps">{steps_html(traj)}</div><div class="side">{''.join(side)}</div></div>
 """
 
 

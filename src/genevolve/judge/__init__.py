@@ -4,6 +4,8 @@ from genevolve.judge.base import Judge, Score, overall
 
 JUDGES: dict[str, str] = {
     "heuristic": "genevolve.judge.heuristic:HeuristicJudge",
+    "rubric": "genevolve.judge.rubric:RubricJudge",
+    "sufficiency": "genevolve.judge.sufficiency:SufficiencyJudge",
 }
 
 __all__ = ["JUDGES", "Judge", "Score", "overall"]
