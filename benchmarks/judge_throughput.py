@@ -1,11 +1,13 @@
 """Judge throughput against a loopback OpenAI-compatible judge with a fixed latency per request.
 
-    python benchmarks/judge_throughput.py [--latency 0.2] [--requests 64] [--concurrency 1 4 16]
+    python benchmarks/judge_throughput.py [--latency 0.2] [--rounds 16] [--concurrency 1 4 16]
 
 The server (a separate process, so it does not share our GIL) sleeps ``--latency`` seconds per
-request and answers a valid rubric JSON. For each concurrency c the RubricJudge scores ``--requests``
-distinct (request, image, GT) triples with the cache off; ideal throughput is c / latency requests per
-second, and the script prints achieved / ideal. Everything the real judge does per call is included:
+request and answers a valid rubric JSON. For each concurrency c the RubricJudge scores ``rounds x c``
+distinct (request, image, GT) triples with the cache off (every request slot is used ``rounds`` times,
+so the one-off start, when all c calls encode their images before the first can be sent, weighs the
+same at every level); ideal throughput is c / latency requests per second, and the script prints
+achieved / ideal. Everything the real judge does per call is included:
 pixel hashing, JPEG re-encoding of both images (``--side`` pixels), the HTTP round trip, parsing.
 Target (issue 4): >= 90 % of ideal at concurrency 16 with 200 ms latency.
 """
@@ -90,7 +92,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=0.2, help="server seconds per request")
-    ap.add_argument("--requests", type=int, default=64, help="judge calls per concurrency level")
+    ap.add_argument("--rounds", type=int, default=16, help="judge calls per request slot (calls = rounds x c)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--side", type=int, default=1024, help="image side in pixels (both images)")
     args = ap.parse_args()
@@ -100,13 +102,14 @@ def main() -> None:
     server.start()
     url = f"http://127.0.0.1:{ports.get(timeout=10)}/v1"
     try:
-        print(f"latency {args.latency * 1000:.0f} ms, {args.requests} requests, images {args.side}px")
-        print(f"{'concurrency':>11} {'seconds':>8} {'req/s':>7} {'ideal':>7} {'% ideal':>8}")
+        print(f"latency {args.latency * 1000:.0f} ms, {args.rounds} calls per slot, images {args.side}px")
+        print(f"{'concurrency':>11} {'calls':>6} {'seconds':>8} {'req/s':>7} {'ideal':>7} {'% ideal':>8}")
         for c in args.concurrency:
             judge = RubricJudge("bench-judge", base_url=url, api_key_env=None, max_concurrency=c, use_cache=False)
-            elapsed = asyncio.run(run(judge, args.requests, args.side, warmup=c))
-            rate, ideal = args.requests / elapsed, c / args.latency
-            print(f"{c:>11} {elapsed:>8.2f} {rate:>7.2f} {ideal:>7.2f} {100 * rate / ideal:>7.1f}%")
+            calls = args.rounds * c
+            elapsed = asyncio.run(run(judge, calls, args.side, warmup=c))
+            rate, ideal = calls / elapsed, c / args.latency
+            print(f"{c:>11} {calls:>6} {elapsed:>8.2f} {rate:>7.2f} {ideal:>7.2f} {100 * rate / ideal:>7.1f}%")
     finally:
         server.terminate()
 
