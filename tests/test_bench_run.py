@@ -201,3 +201,72 @@ def test_report_written_for_partial_run(tmp_path, data, judge):
     _run(out, load_dataset(data).items, judge, stage="agent")
     page = write_report(Path(out))
     assert "incomplete run" in page.read_text()
+
+
+class SlowAnswerPolicy(AnswerPolicy):
+    """AnswerPolicy taking a quarter second per call, so a SIGKILL can land in the middle of a run."""
+
+    async def achat(self, turns, *, sampling, constraint=None):
+        await asyncio.sleep(0.25)
+        return await super().achat(turns, sampling=sampling, constraint=constraint)
+
+
+def _jsonl_ids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    ids = []
+    for line in path.read_text().splitlines():
+        try:
+            ids.append(json.loads(line)["id"])
+        except (ValueError, KeyError):
+            pass  # a torn last line
+    return ids
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_summary(tmp_path, data):
+    """A real `genevolve bench` process killed with SIGKILL while items are in flight, then run again."""
+    import os
+    import signal
+    import sys
+    import time
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({
+        "policy": {"kind": "tests.test_bench_run:SlowAnswerPolicy"}, "search": None, "image_search": None,
+        "knowledge": False, "renderer": {"kind": "collage", "width": 256, "height": 256},
+        "judge": {"kind": "heuristic", "embeddings": False}, "agent": AGENT_CFG}))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def bench(out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from genevolve.cli import app; app()", "bench", "--data", str(data),
+             "--out", str(out), "--config", str(config), "--concurrency", "1"],
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    reference = tmp_path / "ref"
+    proc = bench(reference)
+    assert proc.wait(timeout=240) == 0, proc.stdout.read()
+
+    out = tmp_path / "killed"
+    proc = bench(out)
+    deadline = time.monotonic() + 240
+    while len(_jsonl_ids(out / "trajectories.jsonl")) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {name: _jsonl_ids(out / name) for name in ("trajectories.jsonl", "renders.jsonl", "scores.jsonl")}
+    assert 2 <= len(before["trajectories.jsonl"]) < len(REQUESTS)
+    assert not (out / "summary.json").exists()
+
+    proc = bench(out)
+    assert proc.wait(timeout=240) == 0, proc.stdout.read()
+    after = {name: _jsonl_ids(out / name) for name in before}
+    for name, ids in before.items():
+        assert after[name][:len(ids)] == ids  # finished records kept, in place
+        assert len(after[name]) == len(set(after[name]))  # and none redone
+    assert sorted(after["scores.jsonl"]) == sorted(_jsonl_ids(reference / "scores.jsonl"))
+    numbers = [{k: v for k, v in json.loads((d / "summary.json").read_text()).items() if k != "run"}
+               for d in (reference, out)]
+    assert numbers[0] == numbers[1]
