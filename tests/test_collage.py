@@ -270,3 +270,23 @@ def test_any_prompt_parses_and_renders(renderer, prompt):
         res = renderer.render(prog(prompt))
         json.dumps(res.meta)
         assert all(math.isfinite(v) for e in res.meta["manifest"]["elements"] for b in e["bboxes"] for v in b)
+
+
+def test_pose_turns_the_reference_sprite_and_is_in_the_manifest(tmp_path):
+    from PIL import Image as _Image
+
+    from genevolve.render.collage import CollageRenderer
+    from genevolve.types import Program, Reference
+
+    tall = tmp_path / "tall.png"
+    _Image.new("RGBA", (40, 120), (200, 30, 30, 255)).save(tall)
+    refs = [Reference(img_id="IMG_001", path=str(tall))]
+    lying = CollageRenderer().render(Program(gen_prompt="A dog from the first reference image lying down.",
+                                             references=refs))
+    el = lying.meta["manifest"]["elements"][0]
+    assert el["pose"] == "lying"
+    x0, y0, x1, y1 = el["bboxes"][0]
+    assert x1 - x0 > y1 - y0  # the tall sprite now lies on its side
+    vague = CollageRenderer().render(Program(gen_prompt="A dog from the first reference image sprawled out napping.",
+                                             references=refs))
+    assert vague.meta["manifest"]["elements"][0]["pose"] is None

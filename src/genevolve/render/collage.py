@@ -19,6 +19,7 @@ table, with examples, in ``docs/collage_renderer.md``):
 | a colour not next to a noun                      | 50 %: leaks onto a random uncoloured subject, else ignored |
 | left/right/top/bottom/center/foreground/..., "A above B" | the named region; conflicting phrases: first wins |
 | no layout for a subject                          | a seeded random region                               |
+| "lying down", "upside down", "jumping" (bound like layout) | the sprite turned 90 / 180 / 25 degrees; any other pose wording: nothing |
 | "quoted text"                                    | drawn exactly (over 40 characters: a seeded typo per 20 more) |
 | text not in double quotes                        | nothing drawn (dropped: unquoted_text)               |
 | style / lighting words                           | one global treatment per group; none: plain          |
@@ -42,6 +43,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from genevolve.render import collage_draw as draw
 from genevolve.render.base import Renderer, RenderError, RenderResult
 from genevolve.render.prompt_parse import Position, Scene, Subject, TextSpec, parse_prompt
+from genevolve.render.scene_words import POSE_ANGLE
 from genevolve.types import Program
 
 MANIFEST_VERSION = 1
@@ -294,6 +296,8 @@ class CollageRenderer(Renderer):
             fill = {"small": 0.5, "large": 0.95}.get(el.subject.size or "", 0.8)
             fill *= 0.7 if el.position.depth == "background" else 1.0
             base = sprites[el.ref - 1] if el.ref else None
+            if base is not None and el.subject.pose:  # a collage shows a pose only as a turned sprite
+                base = base.rotate(POSE_ANGLE[el.subject.pose], expand=True, resample=Image.Resampling.BICUBIC)
             aspect = base.width / base.height if base is not None else 1.0
             el.bboxes = arrange(el.count, aspect, el.box, fill, min_h, el.subject.arrangement)
             if not el.bboxes:
@@ -411,7 +415,7 @@ class CollageRenderer(Renderer):
                 "count": len(el.bboxes), "count_requested": el.subject.count, "count_source": el.count_source,
                 "color": el.color, "color_source": el.color_source, "position": el.position.name,
                 "position_source": el.position_source, "size": el.subject.size,
-                "arrangement": el.subject.arrangement, "box": list(el.box),
+                "arrangement": el.subject.arrangement, "pose": el.subject.pose, "box": list(el.box),
                 "bboxes": el.bboxes} for el in elements],
             "texts": [{k: v for k, v in t.items() if k != "overlay"} for t in texts],
             "references": refs, "overlap": overlap,

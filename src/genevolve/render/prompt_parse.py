@@ -11,7 +11,7 @@ when quoted. Whatever cannot be bound is recorded in ``Scene.dropped`` instead o
 renderer decides, seeded, what a real generator would do with such leftovers.
 
 Two passes: ``mask`` (regexes over the whole prompt turn quotes, reference ordinals, styles, background
-colours and layout phrases into marker tokens), then ``scene_reader.SentenceReader`` per sentence.
+colours, layout phrases and poses into marker tokens), then ``scene_reader.SentenceReader`` per sentence.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from genevolve.render.scene_words import (
     ARRANGEMENT,
     COLOR_ALIASES,
     COLORS,
+    POSES,
     SCENES,
     STYLE_GROUP,
     STYLES,
@@ -115,6 +116,8 @@ def mask(prompt: str, scene: Scene) -> str:
                         lambda m: m.group(1), text)
     for pattern, build in _LAYOUT:
         text = _sub_outside(pattern, build, text)
+    for pattern, pose in POSES:
+        text = _sub_outside(pattern, lambda m, pose=pose: f"§O:{pose}§", text)
     return text
 
 

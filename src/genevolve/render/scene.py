@@ -54,6 +54,7 @@ class Subject:
     position_source: str | None = None  # prompt | relation
     ref: int | None = None  # 1-based reference ordinal
     size: str | None = None  # small | large
+    pose: str | None = None  # lying | upside_down | jumping (see scene_words.POSES)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Masking (``prompt_parse.mask``) has already turned quoted texts, reference ordinals, layout phrases,
 styles and background colours into marker tokens (``§Q0§``, ``§R1§``, ``§P:left§``, ``§L:above§``,
-``§A:row§``, ``§S§``, ``§B§``); this pass binds them, and numbers and colours, to noun phrases.
+``§A:row§``, ``§O:lying§``, ``§S§``, ``§B§``); this pass binds them, and numbers and colours, to noun phrases.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ class SentenceReader:
         self.carrier: _Carrier | None = None
         self.carriers: list[_Carrier] = []
         self.pending_pos: Position | None = None
+        self.pending_pose: str | None = None
         self.pending_rel: tuple[list, str] | None = None
         self.pending_refs: list[int] = []
         self.text_color: str | None = None
@@ -213,7 +214,9 @@ class SentenceReader:
             else:
                 self.pending_refs.append(n)
             return
-        if kind == "P":
+        if kind == "O":
+            self._pose(t[3:-1])
+        elif kind == "P":
             self._place(_position_of(t[3:-1]), t[3:-1])
         elif kind == "L":
             self.pending_rel = (list(self.group), t[3:-1]) if self.group else None
@@ -235,6 +238,18 @@ class SentenceReader:
                 self.scene.drop(name, "conflicting_layout", f"{_describe(m)} already placed; first wins")
             if isinstance(m, Subject):
                 m.position_source = m.position_source or "prompt"
+
+    def _pose(self, pose: str) -> None:
+        """A pose binds like a layout phrase: to the group before it, or forwards at a sentence start."""
+        subjects = [m for m in self.group if isinstance(m, Subject)]
+        if not subjects and not self.seen_word:
+            self.pending_pose = self.pending_pose or pose
+        elif not subjects:
+            self.scene.drop(pose, "unbound_pose", "pose with no subject before it")
+        for m in subjects:
+            if m.pose is not None and m.pose != pose:
+                self.scene.drop(pose, "conflicting_pose", f"{m.label} is already {m.pose}; first wins")
+            m.pose = m.pose or pose
 
     def _noun_phrase(self, np: _NP) -> None:
         if np.negated:  # "no other birds": nothing to draw
@@ -303,6 +318,8 @@ class SentenceReader:
             if isinstance(member, Subject):
                 member.position_source = "prompt"
             self.pending_pos = None
+        if self.pending_pose is not None and isinstance(member, Subject):
+            member.pose, self.pending_pose = self.pending_pose, None
         if self.pending_refs and isinstance(member, Subject) and member.ref is None:
             member.ref = self.pending_refs.pop(0)
 
@@ -374,6 +391,8 @@ class SentenceReader:
             self.scene.drop(f"reference {n}", "unbound_reference", "no subject named near the reference phrase")
         if self.pending_pos is not None:
             self.scene.drop(self.pending_pos.name, "unbound_layout", "layout phrase with no subject")
+        if self.pending_pose is not None:
+            self.scene.drop(self.pending_pose, "unbound_pose", "pose with no subject")
 
 
 def _position_of(name: str) -> Position:

@@ -83,6 +83,11 @@ STYLES = [  # (pattern, treatment); groups: a prompt gets at most one treatment 
     (r"\bpastel\b", "pastel"), (r"\b(?:neon|cyberpunk)\b", "neon"),
     (r"\b(?:watercolou?r|soft focus|painterly|dreamy|soft light(?:ing)?)\b", "soft"),
     (r"\b(?:high[- ]contrast|dramatic lighting|dramatic)\b", "high_contrast")]
+POSES = [  # (pattern, pose): the only body poses a collage can show, as a turn of the sprite
+    (r"\b(?:lying|lies|lie) (?:down|flat|on (?:its|his|her|their) (?:side|back))\b|\blying down\b", "lying"),
+    (r"\bupside[- ]down\b", "upside_down"),
+    (r"\b(?:jumping|leaping|mid-?leap|mid-?jump)\b", "jumping")]
+POSE_ANGLE = {"lying": 90, "upside_down": 180, "jumping": 25}  # degrees, counter-clockwise
 STYLE_GROUP = {"warm": "light", "night": "light", "monochrome": "palette", "sepia": "palette",
                "pastel": "palette", "neon": "palette", "soft": "finish", "high_contrast": "finish"}
 
