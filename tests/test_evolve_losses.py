@@ -1,0 +1,272 @@
+"""Loss functions against slow references written as plain Python loops over the formulas in the issue."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from genevolve.evolve.losses import (  # noqa: E402
+    distill_advantages,
+    gated_distill_advantages,
+    group_advantages,
+    grpo_clip_fractions,
+    grpo_loss,
+    sft_loss,
+    ved_loss,
+    ved_selection,
+)
+
+# -- references (lists of floats, no torch) ----------------------------------------------------
+
+
+def ref_group_advantages(rewards: list[float], eps: float) -> list[float]:
+    k = len(rewards)
+    if k < 2 or len(set(rewards)) == 1:
+        return [0.0] * k
+    mean = sum(rewards) / k
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (k - 1))
+    return [(r - mean) / (std + eps) for r in rewards]
+
+
+def ref_grpo(logp, old, adv, mask, clip_low, clip_high, ref=None, kl_coef=0.0) -> float:
+    totals = []
+    for b in range(len(logp)):
+        total = 0.0
+        for t in range(len(logp[b])):
+            if not mask[b][t]:
+                continue
+            a = adv[b] if not isinstance(adv[b], list) else adv[b][t]
+            u = math.exp(logp[b][t] - old[b][t])
+            clipped = min(max(u, 1 - clip_low), 1 + clip_high)
+            term = -min(u * a, clipped * a)
+            if ref is not None and kl_coef:
+                d = ref[b][t] - logp[b][t]
+                term += kl_coef * (math.exp(d) - d - 1)
+            total += term
+        totals.append(total)
+    return sum(totals) / len(totals)
+
+
+def ref_ved(student, teacher, old, mask, top_frac, rho_max, clamp, token_cap) -> float:
+    kept_terms = []
+    for b in range(len(student)):
+        idx = [t for t in range(len(student[b])) if mask[b][t]]
+        if not idx:
+            continue
+        keep = math.ceil(Fraction(str(top_frac)) * len(idx))
+        # Largest |teacher - student| first; Python's sort is stable, so ties keep token order.
+        ranked = sorted(idx, key=lambda t, b=b: -abs(teacher[b][t] - student[b][t]))[:keep]
+        for t in ranked:
+            ell = min(max(student[b][t] - teacher[b][t], -clamp), clamp)
+            k3 = math.exp(-ell) - 1 + ell
+            rho = min(math.exp(student[b][t] - old[b][t]), rho_max)
+            term = rho * k3
+            if token_cap is not None:
+                term = min(term, token_cap)
+            kept_terms.append(term)
+    return sum(kept_terms) / len(kept_terms) if kept_terms else 0.0
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+logps = st.floats(-6.0, 0.0, allow_nan=False, width=32)
+
+
+@st.composite
+def batches(draw, n_tensors: int):
+    b = draw(st.integers(1, 4))
+    t = draw(st.integers(1, 12))
+    tensors = [[[draw(logps) for _ in range(t)] for _ in range(b)] for _ in range(n_tensors)]
+    mask = [[draw(st.booleans()) for _ in range(t)] for _ in range(b)]
+    return b, t, tensors, mask
+
+
+def T(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# -- sft_loss -------------------------------------------------------------------------------------
+
+
+def test_sft_loss_is_masked_token_mean():
+    logp = T([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    mask = torch.tensor([[0, 1, 1], [1, 0, 0]])
+    assert sft_loss(logp, mask).item() == pytest.approx((2 + 3 + 4) / 3)
+    zero = sft_loss(logp.requires_grad_(), torch.zeros(2, 3))
+    assert zero.item() == 0.0
+    zero.backward()  # no masked token still leaves a usable graph
+
+
+# -- group_advantages -----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1), min_size=1, max_size=8))
+def test_group_advantages_match_reference(rewards):
+    got = group_advantages(T(rewards)).tolist()
+    assert got == pytest.approx(ref_group_advantages(rewards, 1e-6), abs=1e-5)
+
+
+def test_group_advantages_zero_spread_and_batched_groups():
+    assert group_advantages(T([0.1, 0.1, 0.1])).tolist() == [0.0, 0.0, 0.0]
+    assert group_advantages(T([0.7])).tolist() == [0.0]
+    both = group_advantages(T([[0.0, 1.0, 1.0], [0.3, 0.3, 0.3]]))
+    assert both[1].tolist() == [0.0] * 3
+    assert both[0].tolist() == pytest.approx(ref_group_advantages([0.0, 1.0, 1.0], 1e-6))
+    # Unbiased std: for [0, 1] the std is sqrt(0.5), so the advantages are ±0.5/sqrt(0.5).
+    assert group_advantages(T([0.0, 1.0])).tolist() == pytest.approx([-(0.5**0.5), 0.5**0.5], abs=1e-5)
+
+
+# -- grpo_loss ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches(3), st.floats(0.0, 0.5), st.floats(0.0, 0.5), st.floats(0.0, 0.1), st.data())
+def test_grpo_loss_matches_reference(batch, clip_low, clip_high, kl_coef, data):
+    b, t, (logp, old, ref), mask = batch
+    adv = [data.draw(st.floats(-3, 3)) for _ in range(b)]
+    got = grpo_loss(T(logp), T(old), T(adv), torch.tensor(mask), clip_low=clip_low, clip_high=clip_high,
+                    ref_logp=T(ref), kl_coef=kl_coef)
+    want = ref_grpo(logp, old, adv, mask, clip_low, clip_high, ref, kl_coef)
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches(2), st.data())
+def test_grpo_loss_per_token_advantages(batch, data):
+    b, t, (logp, old), mask = batch
+    adv = [[data.draw(st.floats(-3, 3)) for _ in range(t)] for _ in range(b)]
+    got = grpo_loss(T(logp), T(old), T(adv), torch.tensor(mask))
+    assert got.item() == pytest.approx(ref_grpo(logp, old, adv, mask, 0.2, 0.28), rel=1e-9, abs=1e-9)
+
+
+def test_grpo_gradients_flow_only_through_logp():
+    logp = T([[-1.0, -0.5, -2.0]]).requires_grad_()
+    old = T([[-1.5, -0.5, -1.0]]).requires_grad_()
+    ref = T([[-1.1, -0.4, -2.5]]).requires_grad_()
+    adv = T([1.5]).requires_grad_()
+    grpo_loss(logp, old, adv, torch.ones(1, 3), ref_logp=ref, kl_coef=0.1).backward()
+    assert old.grad is None and ref.grad is None and adv.grad is None
+    # Token 3: u = e^-1 below 1 - 0.2 with A > 0, so min picks the unclipped u·A and grad flows;
+    # token 1: u = e^0.5 > 1.28, A > 0 -> clipped, only the KL term's gradient remains.
+    assert logp.grad is not None and logp.grad[0, 2] != 0
+    kl_only = 0.1 * (1 - math.exp(-1.1 - (-1.0)))  # d/dlogp of kl_coef·(e^d - d - 1), d = ref - logp
+    assert logp.grad[0, 0].item() == pytest.approx(kl_only)
+
+
+def test_grpo_numeric_gradient_matches_autograd():
+    torch.manual_seed(0)
+    logp = (-torch.rand(3, 5, dtype=torch.float64) * 2).requires_grad_()
+    old = logp.detach() + 0.05 * torch.randn(3, 5, dtype=torch.float64)
+    ref = logp.detach() + 0.1 * torch.randn(3, 5, dtype=torch.float64)
+    mask = torch.rand(3, 5) > 0.3
+
+    def f(x):
+        return grpo_loss(x, old, T([1.0, -0.5, 2.0]), mask, ref_logp=ref, kl_coef=0.01)
+
+    assert torch.autograd.gradcheck(f, (logp,))
+
+
+def test_clip_fractions_count_the_clipped_tokens():
+    logp = T([[0.0, 0.0, 0.0, 0.0]])
+    old = T([[0.5, -0.5, 0.0, -0.5]])  # ratios e^-0.5 (low), e^0.5 (high), 1, e^0.5 (masked out)
+    fr = grpo_clip_fractions(logp, old, T([[-1.0, 1.0, 1.0, 1.0]]), torch.tensor([[1, 1, 1, 0]]))
+    assert fr == {"low": pytest.approx(1 / 3), "high": pytest.approx(1 / 3)}
+    assert grpo_clip_fractions(logp, old, T([1.0]), torch.tensor([[1, 1, 1, 0]])) == {"low": 0.0, "high": 1 / 3}
+
+
+# -- ved_loss -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches(3), st.sampled_from([0.1, 0.25, 0.3, 1 / 3, 0.5, 1.0]), st.floats(1.0, 3.0),
+       st.sampled_from([10.0, 1.0, 0.3]), st.sampled_from([None, 0.5, 5.0]))
+def test_ved_loss_matches_reference(batch, top_frac, rho_max, clamp, token_cap):
+    b, t, (student, teacher, old), mask = batch
+    got = ved_loss(T(student), T(teacher), T(old), torch.tensor(mask), top_frac=top_frac, rho_max=rho_max,
+                   clamp=clamp, token_cap=token_cap)
+    want = ref_ved(student, teacher, old, mask, top_frac, rho_max, clamp, token_cap)
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_ved_selection_counts_and_ties():
+    student = T([[0.0] * 30, [0.0] * 30])
+    teacher = T([[-float(i % 7) for i in range(30)], [-1.0] * 30])
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 10:] = False
+    chosen = ved_selection(student, teacher, mask, 0.1)
+    assert chosen[0].sum() == 3  # ceil(0.1 × 30) = 3 exactly, not 4 from 0.1*30 = 3.0000000000000004
+    assert chosen[0].nonzero().flatten().tolist() == [6, 13, 20]  # the gap 6, earliest first
+    assert chosen[1].nonzero().flatten().tolist() == [0]  # ceil(0.1 × 10) = 1; all tied -> first
+    assert ved_selection(student, teacher, torch.zeros(2, 30), 0.1).sum() == 0
+    with pytest.raises(ValueError, match="top_frac"):
+        ved_selection(student, teacher, mask, 0.0)
+
+
+def test_ved_gradients_flow_only_through_the_student():
+    torch.manual_seed(1)
+    student = (-torch.rand(2, 6, dtype=torch.float64)).requires_grad_()
+    teacher = (-torch.rand(2, 6, dtype=torch.float64)).requires_grad_()
+    old = (student.detach() - 0.1).requires_grad_()
+    mask = torch.ones(2, 6)
+    ved_loss(student, teacher, old, mask, top_frac=0.5).backward()
+    assert teacher.grad is None and old.grad is None
+    assert student.grad is not None and (student.grad != 0).sum() == 6  # 3 kept tokens per row
+    assert torch.autograd.gradcheck(lambda s: ved_loss(s, teacher.detach(), old.detach(), mask, top_frac=0.5),
+                                    (student,))
+
+
+def test_ved_rho_gradient_and_empty_rows():
+    # With rho below rho_max, d/ds of e^(s-old)·k3(s - t) includes the rho term: check one token by hand.
+    s, t, o = -1.0, -2.0, -1.3
+    student = T([[s]]).requires_grad_()
+    ved_loss(student, T([[t]]), T([[o]]), torch.ones(1, 1), top_frac=1.0).backward()
+    ell = s - t
+    rho = math.exp(s - o)
+    k3 = math.exp(-ell) - 1 + ell
+    assert student.grad.item() == pytest.approx(rho * k3 + rho * (1 - math.exp(-ell)))
+    # rho capped at rho_max: no gradient through rho any more.
+    student = T([[s]]).requires_grad_()
+    ved_loss(student, T([[t]]), T([[s - 5.0]]), torch.ones(1, 1), top_frac=1.0, rho_max=2.0).backward()
+    assert student.grad.item() == pytest.approx(2.0 * (1 - math.exp(-ell)))
+    # No masked token anywhere: zero, still differentiable.
+    student = T([[s, s]]).requires_grad_()
+    loss = ved_loss(student, T([[t, t]]), T([[o, o]]), torch.zeros(1, 2))
+    loss.backward()
+    assert loss.item() == 0.0 and student.grad.abs().sum() == 0
+
+
+def test_ved_is_zero_when_teacher_agrees():
+    student = T([[-0.5, -1.5, -0.1]])
+    assert ved_loss(student, student.clone(), student - 0.3, torch.ones(1, 3), top_frac=1.0).item() == 0.0
+
+
+# -- distillation as advantage ----------------------------------------------------------------------
+
+
+def test_distill_advantages():
+    student = T([[-1.0, -2.0, -0.5]]).requires_grad_()
+    teacher = T([[-0.5, -2.5, -0.5]])
+    adv = distill_advantages(student, teacher, torch.tensor([[1, 1, 0]]), coef=2.0)
+    assert adv.tolist() == [[1.0, -1.0, 0.0]] and not adv.requires_grad
+
+
+def test_gated_distill_advantages_keep_the_outcome_sign():
+    student = T([[-1.0, -2.0, -0.5], [-1.0, -2.0, -0.5]])
+    teacher = T([[-0.5, -2.5, -0.4], [-0.5, -2.5, -0.4]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = gated_distill_advantages(student, teacher, T([1.0, -1.0]), mask, coef=0.1)
+    # Row 0 (good rollout): only the token the teacher endorses (+0.5) gets a bonus; the masked-out one none.
+    assert adv[0].tolist() == pytest.approx([0.1 * math.tanh(0.5), 0.0, 0.0])
+    # Row 1 (bad rollout): only the token the teacher disowns (-0.5) gets pushed further down.
+    assert adv[1].tolist() == pytest.approx([0.0, -0.1 * math.tanh(0.5), 0.0])
+    assert gated_distill_advantages(student, teacher, T([0.0, 0.0]), mask).abs().sum() == 0
+    big = gated_distill_advantages(T([[-20.0]]), T([[0.0]]), T([1.0]), torch.ones(1, 1), coef=0.1)
+    assert big.item() <= 0.1  # bounded by coef
