@@ -139,16 +139,16 @@ class Agent:
                 list(self.tools.values()), min_references=self.config.min_references,
                 max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls, **extra)
         self.constraint_factory = constraint_factory
-        self.system_prompt = prompts.system_prompt(
-            list(self.tools.values()),
-            max_policy_calls=self.config.max_policy_calls,
-            max_tool_calls=self.config.max_tool_calls,
-            min_references=self.config.min_references,
-            max_references=self.config.max_references,
-            guide=guide,
-        )
+        self.system_prompt = self.system_prompt_with(guide)
 
     # -- public API -------------------------------------------------------------------------------
+
+    def system_prompt_with(self, guide: str | None) -> str:
+        """This agent's system prompt with a decision-guide block (the VED teacher's context)."""
+        return prompts.system_prompt(
+            list(self.tools.values()), max_policy_calls=self.config.max_policy_calls,
+            max_tool_calls=self.config.max_tool_calls, min_references=self.config.min_references,
+            max_references=self.config.max_references, guide=guide)
 
     def run(self, request: str, **kw: Any) -> Trajectory:
         return asyncio.run(self.arun(request, **kw))
@@ -162,7 +162,10 @@ class Agent:
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
-    async def arun(self, request: str, *, id: str | None = None, meta: dict[str, Any] | None = None) -> Trajectory:
+    async def arun(self, request: str, *, id: str | None = None, meta: dict[str, Any] | None = None,
+                   seed: int | None = None) -> Trajectory:
+        """One rollout. ``seed`` (when given) replaces the sampling seed: call ``r`` of the rollout samples
+        with ``seed * 1000 + r``, so the K rollouts of a training group differ and each is reproducible."""
         t0 = time.perf_counter()
         traj = Trajectory(request=request, meta=meta or {}, backends=self._backend_names())
         if id:
@@ -173,13 +176,13 @@ class Agent:
         if not request.strip():
             self._stop(traj, StopReason.EMPTY_REQUEST, "the request is empty")
         else:
-            await self._loop(traj, RolloutState(request=request))
+            await self._loop(traj, RolloutState(request=request), seed)
         traj.timings["total"] = time.perf_counter() - t0
         return traj
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def _loop(self, traj: Trajectory, state: RolloutState) -> None:
+    async def _loop(self, traj: Trajectory, state: RolloutState, seed: int | None = None) -> None:
         cfg = self.config
         for round_ in range(1, cfg.max_policy_calls + 1):
             state.round = round_
@@ -191,7 +194,8 @@ class Agent:
             t = time.perf_counter()
             try:
                 constraint = self.constraint_factory(state) if self.constraint_factory else None
-                text = await self.policy.achat(self._context(traj.turns), sampling=cfg.sampling, constraint=constraint)
+                sampling = cfg.sampling if seed is None else cfg.sampling.model_copy(update={"seed": seed * 1000 + round_})
+                text = await self.policy.achat(self._context(traj.turns), sampling=sampling, constraint=constraint)
             except PolicyError as exc:
                 traj.timings["policy"] += time.perf_counter() - t
                 self._stop(traj, StopReason.POLICY_ERROR, f"policy {self.policy.name}: {exc}")

@@ -1,0 +1,135 @@
+"""Rollout groups: K rollouts per request, rendered, judged and rewarded (METHOD.md sections 2 and 4).
+
+``GroupSampler.sample(tasks, step=...)`` returns one list of ``Rollout`` per task, in task order, each of
+length K. A rollout never raises out of here: a protocol failure, a render error or a judge error is a
+named ``Reward.failure`` with value 0, so every group keeps its K members and the loss sees them all.
+
+Seeds: rollout k of group g at step s samples with seed ``base_seed + (s * 10_007 + g) * 101 + k`` and
+renders with ``seed=k``: a step is reproducible, rollouts of a group differ, and the same request at
+another step draws fresh samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from genevolve.agent import Agent
+from genevolve.evolve.rollout import Rollout
+from genevolve.judge.base import Judge, Score
+from genevolve.judge.rubric import JudgeError
+from genevolve.render.base import Renderer, RenderError
+from genevolve.reward import Failure, mix_reward, protocol_failure
+from genevolve.types import Program
+
+
+@dataclass(frozen=True)
+class Task:
+    """One training request: what the judges compare against (``gt_image``) and its metadata."""
+
+    id: str
+    request: str
+    gt_image: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class ProgramJudge(Protocol):
+    """The program-sufficiency judge's shape (``genevolve.judge.sufficiency.SufficiencyJudge``, the world's)."""
+
+    async def ascore(self, request: str, program: Program, gt_image: Image.Image) -> Any: ...
+
+
+@dataclass
+class GroupSampler:
+    """Samples, renders and scores rollout groups.
+
+    Args:
+        agent: the student agent (its policy is the model being trained, or a server holding it).
+        renderer, judge: render the program and score the image against the task's GT.
+        program_judge: the sufficiency judge; required when ``alpha > 0``.
+        k: rollouts per request (paper: 6).
+        alpha: reward weight of the program score (paper: 0.5).
+        concurrency: rollouts in flight at once (policy calls, tools, renders and judges overlap).
+        images_dir: where rendered images are written (``<dir>/step_000003/g01_k2.png``).
+        base_seed: see the module docstring.
+    """
+
+    agent: Agent
+    renderer: Renderer
+    judge: Judge
+    program_judge: ProgramJudge | None = None
+    k: int = 6
+    alpha: float = 0.5
+    concurrency: int = 4
+    images_dir: Path | None = None
+    base_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ValueError(f"k={self.k}: a group needs at least 2 rollouts to compare")
+        if self.alpha > 0 and self.program_judge is None:
+            raise ValueError(f"alpha={self.alpha} weighs the program score but no program_judge was given")
+
+    async def sample(self, tasks: Sequence[Task], *, step: int) -> list[list[Rollout]]:
+        gate = asyncio.Semaphore(self.concurrency)
+        gts = [_load_gt(t.gt_image) for t in tasks]
+
+        async def one(g: int, k: int) -> Rollout:
+            async with gate:
+                return await self._rollout(tasks[g], gts[g], step=step, group=g, sample=k)
+
+        flat = await asyncio.gather(*(one(g, k) for g in range(len(tasks)) for k in range(self.k)))
+        return [list(flat[g * self.k:(g + 1) * self.k]) for g in range(len(tasks))]
+
+    async def _rollout(self, task: Task, gt: Image.Image | None, *, step: int, group: int, sample: int) -> Rollout:
+        seed = self.base_seed + (step * 10_007 + group) * 101 + sample
+        traj = await self.agent.arun(task.request, id=f"s{step}-g{group}-k{sample}", meta=dict(task.meta or {}),
+                                     seed=seed)
+        record = dict(request_id=task.id, request=task.request, group=group, sample=sample, trajectory=traj,
+                      step=step)
+        failure = protocol_failure(traj)
+        if failure is not None:
+            return Rollout(reward=mix_reward(None, None, alpha=self.alpha, failure=failure), **record)
+        assert traj.program is not None
+        try:
+            rendered = await self.renderer.arender(traj.program, seed=sample)
+        except RenderError as exc:
+            traj.meta["render_error"] = exc.code
+            return Rollout(reward=mix_reward(None, None, alpha=self.alpha, failure=Failure.RENDER_ERROR), **record)
+        record["render_meta"] = dict(rendered.meta)
+        if self.images_dir is not None:
+            path = self.images_dir / f"step_{step:06d}" / f"g{group:02d}_k{sample}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(rendered.image.save, path)
+            record["image_path"] = str(path)
+        score: Score | None = None
+        program_score = None
+        try:
+            score = await self.judge.ascore(task.request, rendered.image, gt_image=gt, program=traj.program,
+                                            meta=rendered.meta)
+            if self.alpha > 0 and gt is not None:
+                assert self.program_judge is not None
+                judged = await self.program_judge.ascore(task.request, traj.program, gt)
+                program_score = float(judged.score)
+                record["program_rationale"] = getattr(judged, "rationale", "")
+                record["program_missing"] = list(getattr(judged, "missing", []))
+        except JudgeError as exc:
+            traj.meta["judge_error"] = str(exc)[:300]
+            return Rollout(reward=mix_reward(score, program_score, alpha=self.alpha, failure=Failure.JUDGE_ERROR),
+                           image_score=score, **record)
+        # Without a GT the program cannot be judged: the image score is the whole reward.
+        alpha = self.alpha if program_score is not None else 0.0
+        return Rollout(reward=mix_reward(score, program_score, alpha=alpha), image_score=score,
+                       program_score=program_score, **record)
+
+
+def _load_gt(path: str | None) -> Image.Image | None:
+    if path is None:
+        return None
+    with Image.open(path) as img:
+        return img.convert("RGB")
