@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from genevolve.evolve.bullets import NOT_IMPERATIVE, clean_bullet
 from genevolve.evolve.experience import SLOTS, ExperienceBundle
 from genevolve.evolve.extractors import (
     EXTRACTORS,
+    ExtractionError,
     Measures,
     RuleExtractor,
     _failures,
@@ -20,9 +25,11 @@ from genevolve.evolve.extractors import (
     _search,
     measure,
 )
-from genevolve.registry import build
+from genevolve.evolve.llm_extractor import LLMExtractor, read_reply
+from genevolve.registry import ConfigError, build
 from genevolve.skills import SKILL_NAMES
 from tests.evolve_fixtures import REQUEST, careful, careless
+from tests.test_policy_openai import FakeOpenAI, completion
 
 ENTITY_WORDS = ("eiffel", "bon voyage", "voyage", "paris", "img_00")
 
@@ -108,3 +115,138 @@ def test_every_template_is_a_valid_bullet_as_written(b, w):
         assert bullets
         for raw in bullets:
             assert clean_bullet(raw) == (raw, []), raw
+
+
+# -- the LLM extractor against a loopback OpenAI-compatible server ------------------------------------
+
+
+KEY_ENV = "GENEVOLVE_TEST_EXTRACTOR_KEY"
+GOOD = {
+    "analysis": "A searched the landmark and quoted the text; B did neither.",
+    "search_strategy": ["Search the Eiffel Tower by name before any image search so the reference shows the real landmark."],
+    "knowledge_activation": ["Query text_rendering guidance whenever the request asks for readable words on a surface."],
+    "reference_selection": ["Choose IMG_001 style references whose titles name the landmark itself rather than a similar tower."],
+    "prompt_construction": ['Quote "BON VOYAGE" exactly in the prompt and say where the words sit in the poster layout.',
+                            "Uses explicit numbers for every repeated object, such as exactly three balloons on one side."],
+    "failure_avoidance": ["Avoid vague prompts that leave out the required text, the count and the layout of the scene."],
+    "retrieval_key": {"trigger": "posters with exact text and a landmark",
+                      "summary": "A night poster of the Eiffel Tower with a slogan and balloons"},
+}
+
+
+def good(**over) -> str:
+    return json.dumps({**GOOD, **over})
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENEVOLVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    srv = FakeOpenAI()
+    srv.reply = good()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def llm(server, tmp_path, **kw) -> LLMExtractor:
+    kw.setdefault("cache_dir", tmp_path / "extract-cache")
+    kw.setdefault("backoff_base", 0.001)
+    return LLMExtractor("extract-model", base_url=server.url, api_key_env=KEY_ENV, **kw)
+
+
+def say(*texts: str) -> list:
+    return [(200, completion(t, "extract-model"), 0.0, {}) for t in texts]
+
+
+async def test_llm_good_reply_becomes_a_clean_bundle(server, tmp_path):
+    bundle = await llm(server, tmp_path).aextract(careful(), careless())
+    [body] = server.bodies()
+    system, user = body["messages"]
+    assert body["temperature"] == 0 and body["response_format"]["type"] == "json_schema"
+    assert "imperative" in system["content"] and '"retrieval_key"' in system["content"]
+    text = user["content"] if isinstance(user["content"], str) else user["content"][0]["text"]
+    assert "Attempt A (higher reward)" in text and "query_knowledge" in text and "text_rendering" in text
+    assert "the landmark reference is a different tower" in text and "BON VOYAGE" in text  # what it reads
+    assert_valid_bullets(bundle)
+    assert bundle.search_strategy[0].startswith("Search the subject by name")
+    assert bundle.prompt_construction[1].startswith("Use explicit numbers")  # "Uses" made imperative
+    assert "the required text" in bundle.prompt_construction[0]
+    assert bundle.key.summary == "A night poster of the subject with a slogan and balloons"
+    assert any("replaced" in n for n in bundle.provenance.repairs)
+    assert bundle.provenance.extractor == "experience:extract-model"
+
+
+async def test_llm_malformed_json_is_repaired_without_asking_again(server, tmp_path):
+    server.script = say("Sure! Here it is:\n```json\n" + good()[:-1] + ",}\n```")
+    bundle = await llm(server, tmp_path).aextract(careful(), careless())
+    assert len(server.requests) == 1 and bundle.failure_avoidance
+
+
+async def test_llm_schema_violation_is_reasked_with_the_error(server, tmp_path):
+    bad = good(search_strategy=["The better attempt searched first."], retrieval_key={"trigger": "x", "summary": "y"})
+    server.script = say(bad, good())
+    bundle = await llm(server, tmp_path).aextract(careful(), careless())
+    assert len(server.requests) == 2 and bundle.search_strategy
+    reask = server.bodies()[1]["messages"][-1]["content"]
+    assert "'search_strategy' has no valid bullet" in reask and "not imperative" in reask
+
+
+async def test_llm_missing_field_after_retries_is_a_clear_error(server, tmp_path):
+    reply = json.dumps({k: v for k, v in GOOD.items() if k != "retrieval_key"})
+    server.reply = reply
+    with pytest.raises(ExtractionError, match="retrieval_key") as err:
+        await llm(server, tmp_path, parse_retries=1).aextract(careful(), careless())
+    assert err.value.raw == reply and len(server.requests) == 2
+
+
+async def test_llm_server_errors_and_timeouts(server, tmp_path):
+    server.script = [(500, None, 0, {}), (503, None, 0, {})] + say(good())
+    assert (await llm(server, tmp_path, max_retries=2).aextract(careful(), careless())).key.trigger
+    server.script = [(500, None, 0, {})] * 3
+    with pytest.raises(ExtractionError, match="500"):
+        await llm(server, tmp_path, max_retries=1, use_cache=False).aextract(careless(), careful())
+    server.script = [(200, None, 1.0, {})] * 2
+    with pytest.raises(ExtractionError):
+        await llm(server, tmp_path, max_retries=1, timeout=0.2, use_cache=False).aextract(careless(), careful())
+
+
+async def test_llm_refused_key_and_missing_key(server, tmp_path, monkeypatch):
+    server.script = [(401, None, 0, {})]
+    with pytest.raises(ConfigError, match=KEY_ENV):
+        await llm(server, tmp_path).aextract(careful(), careless())
+    with pytest.raises(ConfigError, match=KEY_ENV):  # the public API needs a key: said before any call
+        LLMExtractor("gpt-x", api_key_env=KEY_ENV)
+
+
+async def test_llm_cache_and_images(server, tmp_path):
+    a, b = careful(), careless()
+    for r, color in ((a, (200, 30, 30)), (b, (30, 30, 200))):
+        r.image_path = str(tmp_path / f"{r.sample}.png")
+        Image.new("RGB", (40, 30), color).save(r.image_path)
+    ex = llm(server, tmp_path, send_images=True)
+    first = await ex.aextract(a, b)
+    again = await ex.aextract(a, b)
+    assert len(server.requests) == 1 and again.slots() == first.slots()
+    assert "(cached)" in again.provenance.repairs[-1]
+    parts = server.bodies()[0]["messages"][1]["content"]
+    assert [p["type"] for p in parts].count("image_url") == 2
+
+
+def test_llm_extractor_is_registered_and_sync_extract_works(server, tmp_path):
+    ex = build(EXTRACTORS, "llm", "extractor", model="extract-model", base_url=server.url, api_key_env=KEY_ENV,
+               cache_dir=tmp_path / "c")
+    assert isinstance(ex, LLMExtractor) and ex.extract(careful(), careless()).knowledge_activation
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+                        [*SLOTS, "retrieval_key", "trigger", "summary"]), inner, max_size=6), max_leaves=20))
+def test_reading_any_reply_raises_only_value_errors(obj):
+    try:
+        read_reply(obj if isinstance(obj, dict) else {"x": obj}, ["Paris"])
+    except ValueError:
+        pass
