@@ -85,6 +85,20 @@ def test_without_differences_slots_state_the_best_behaviour_as_a_standard():
     assert bundle.provenance.step == 9 and bundle.provenance.gap == 0
 
 
+def test_failed_judge_checks_by_skill_lead_the_failure_slot():
+    best, worst = careful(), careless()
+    best.image_score.diagnostics["skills"] = {"quantity_counting": {"passed": 2, "failed": 0},
+                                              "spatial_layout": {"passed": 1, "failed": 1}}
+    worst.image_score.diagnostics["skills"] = {"quantity_counting": {"passed": 0, "failed": 2},
+                                               "spatial_layout": {"passed": 0, "failed": 2},
+                                               "reference": {"passed": 1, "failed": 0}, "odd": "shape"}
+    assert measure(worst).failed_checks == {"quantity_counting": 2, "spatial_layout": 2}
+    bundle = RuleExtractor().extract(best, worst)
+    assert_valid_bullets(bundle)
+    assert bundle.failure_avoidance[0].startswith("Avoid vague quantities")  # the larger difference first
+    assert bundle.failure_avoidance[1].startswith("Avoid implicit positions")
+
+
 def test_reversed_pair_still_yields_valid_bullets():
     assert_valid_bullets(RuleExtractor().extract(careless(), careful()))
 
@@ -105,7 +119,9 @@ measures = st.builds(
     dims=st.fixed_dictionaries({d: st.sampled_from([0.0, 0.5, 1.0]) for d in
                                 ("faithfulness", "visual_correctness", "aesthetics")}
                                | {"text_accuracy": st.sampled_from([None, 0.0, 0.5, 1.0])}),
-    program_score=st.sampled_from([None, 0.0, 0.5, 1.0]), missing=st.lists(st.just("text"), max_size=1))
+    program_score=st.sampled_from([None, 0.0, 0.5, 1.0]), missing=st.lists(st.just("text"), max_size=1),
+    failed_checks=st.dictionaries(st.sampled_from([*SKILL_NAMES, "search", "reference", "other"]),
+                                  st.integers(1, 3), max_size=4))
 
 
 @settings(max_examples=150, deadline=None)

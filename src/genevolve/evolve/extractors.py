@@ -75,6 +75,20 @@ _CONTENT = re.compile(r"[a-z]{4,}")
 DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 
 
+def failed_checks(diagnostics: dict) -> dict[str, int]:
+    """``{skill: failed}`` from a judge's ``diagnostics["skills"]`` (the world judge writes
+    ``{skill: {"passed": n, "failed": m}}``); empty for judges that do not report checks."""
+    report = diagnostics.get("skills")
+    if not isinstance(report, dict):
+        return {}
+    out = {}
+    for skill, counts in report.items():
+        failed = counts.get("failed") if isinstance(counts, dict) else None
+        if isinstance(failed, int) and not isinstance(failed, bool) and failed > 0:
+            out[str(skill)] = failed
+    return out
+
+
 def quotes(text: str) -> list[str]:
     return [next(g for g in m.groups() if g) for m in _QUOTE.finditer(text)]
 
@@ -102,6 +116,7 @@ class Measures:
     dims: dict[str, float | None] = field(default_factory=dict)
     program_score: float | None = None
     missing: list[str] = field(default_factory=list)
+    failed_checks: dict[str, int] = field(default_factory=dict)  # judge checks failed, by skill
 
 
 def measure(r: Rollout) -> Measures:
@@ -135,6 +150,7 @@ def measure(r: Rollout) -> Measures:
         m.ordinals = len(mentioned_ordinals(prompt))
     if r.image_score is not None:
         m.dims = {d: getattr(r.image_score, d) for d in DIMENSIONS}
+        m.failed_checks = failed_checks(r.image_score.diagnostics)
     m.program_score, m.missing = r.program_score, list(r.program_missing)
     return m
 
@@ -242,6 +258,30 @@ _DIM_LESSONS = {
 }
 
 
+_CHECK_LESSONS = {
+    "search": "Avoid guessing facts the request implies; search for them first, since identity checks failed "
+              "on guessed subjects.",
+    "reference": "Avoid placeholder or look-alike pictures; reference the exact subject, since identity checks "
+                 "failed without it.",
+    "quantity_counting": "Avoid vague quantities; state each count as a number, since count checks failed "
+                         "where it was missing.",
+    "attribute_binding": "Avoid loose attributes; attach each colour directly to its own object so no "
+                         "attribute drifts to another.",
+    "physical_material_consistency": "Avoid unstated materials; name the material of each object next to it "
+                                     "so surfaces render as requested.",
+    "spatial_layout": "Avoid implicit positions; state where each object sits, such as left or top, since "
+                      "layout checks failed.",
+    "anatomy_body_coherence": "Avoid unspecified poses; state each figure's pose and body position plainly "
+                              "next to the figure itself.",
+    "text_rendering": "Avoid paraphrased text; copy each required string exactly inside quotes, since text "
+                      "checks failed on changed wording.",
+    "creative_drawing": "Avoid dropping the requested setting; state the scene or backdrop explicitly, "
+                        "since scene checks failed without it.",
+    "aesthetic_drawing": "Avoid dropping the requested treatment; name the style or finish explicitly, since "
+                         "treatment checks failed without it.",
+}
+
+
 def _failures(b: Measures, w: Measures) -> list[str]:
     def value(m: Measures, dim: str) -> float:
         x = m.dims.get(dim)
@@ -249,7 +289,9 @@ def _failures(b: Measures, w: Measures) -> list[str]:
 
     # the dimensions the worst lost, heaviest loss in the reward first
     lost = [(WEIGHTS[d] * (value(b, d) - value(w, d)), d) for d in DIMENSIONS if d in b.dims and d in w.dims]
-    out = [_DIM_LESSONS[d] for loss, d in sorted(lost, key=lambda x: -x[0]) if loss > 0]
+    worse = sorted((b.failed_checks.get(k, 0) - n, k) for k, n in w.failed_checks.items())
+    out = [_CHECK_LESSONS[k] for diff, k in worse if diff < 0 and k in _CHECK_LESSONS][:2]
+    out += [_DIM_LESSONS[d] for loss, d in sorted(lost, key=lambda x: -x[0]) if loss > 0]
     if w.missing and (b.program_score or 0) > (w.program_score or 0):
         out.append("Check that the program supplies every need the judge expects: all text, counts, layout "
                    "and the subject's identity.")
