@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,7 +111,7 @@ class ExperienceBundle(BaseModel):
             lines += ["", f"{SLOT_TITLES[slot]}:", *(f"- {b}" for b in getattr(self, slot))]
         return "\n".join(lines)
 
-    def to_json(self, **kw) -> str:
+    def to_json(self, **kw: Any) -> str:
         return self.model_dump_json(**kw)
 
     @classmethod
