@@ -6,6 +6,7 @@ JUDGES: dict[str, str] = {
     "heuristic": "genevolve.judge.heuristic:HeuristicJudge",
     "rubric": "genevolve.judge.rubric:RubricJudge",
     "sufficiency": "genevolve.judge.sufficiency:SufficiencyJudge",
+    "world": "genevolve.world.judge:WorldJudge",
 }
 
 __all__ = ["JUDGES", "Judge", "Score", "overall"]

@@ -5,6 +5,8 @@
 | ``openai`` | :class:`~genevolve.policy.openai_compat.OpenAIPolicy` | vLLM, SGLang, OpenAI, gateways |
 | ``hf`` | :class:`~genevolve.policy.hf.HFPolicy` | local transformers text LMs and VLMs (+ LoRA) |
 | ``scripted`` | :class:`~genevolve.policy.scripted.ScriptedPolicy` | tests only, never a default |
+| ``direct`` | :class:`~genevolve.policy.direct.DirectPolicy` | baseline: the raw request as the prompt, no references |
+| ``world-expert`` | :class:`~genevolve.world.expert.WorldExpert` | the offline world's scripted expert (noise option) |
 
 Backend modules are imported only when built, so importing this package pulls no SDK or torch.
 """
@@ -21,6 +23,8 @@ POLICIES: dict[str, str] = {
     "hf": "genevolve.policy.hf:HFPolicy",
     "embedded": "genevolve.policy.embedded:EmbeddedPolicy",
     "scripted": "genevolve.policy.scripted:ScriptedPolicy",
+    "direct": "genevolve.policy.direct:DirectPolicy",
+    "world-expert": "genevolve.world.expert:WorldExpert",
 }
 
 

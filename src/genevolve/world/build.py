@@ -1,0 +1,224 @@
+"""``build_world``: facts -> requests -> GT programs and images -> splits -> expert SFT set, in one folder.
+
+DIR/
+  manifest.json        version, seed, sizes, counts, timings
+  requests.jsonl       every WorldRequest (hidden constraints, GT prompt clauses, facts, split)
+  bench.jsonl rl.jsonl GenEvolve-Bench rows (meta carries the same hidden record)
+  sft.jsonl            GenEvolve-Data SFT rows: the scripted expert's trajectories on the sft split
+  images/<id>.png      GT images (collage renderer at full fidelity)
+  library/             entity pictures and look-alikes, with caption sidecars (image search)
+  corpus/facts.jsonl   fact documents (text search, beside the Wikipedia summaries)
+  config.yaml          agent = world expert over the world's search, collage renderer, world judge
+  config.noisy.yaml    the same with noise 0.5; config.direct.yaml: the raw request, no agent;
+  config.embedded.yaml the untuned embedded policy over the same tools
+
+A GT program that does not satisfy its own constraints when rendered is dropped (and counted), so
+every request's GT is verified. Every file carries ``WORLD_VERSION``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from genevolve.world import knowledge, quality
+from genevolve.world.records import WORLD_VERSION, WorldRequest
+
+DEFAULT_SIZES = {"bench": 192, "rl": 808, "sft": 1000}
+DIFFICULTIES = ("medium", "hard")
+HARD_SHARE = 0.5
+EXCLUDED_THINGS = {"zzz", "collision", "droplet", "dashing away", "dizzy", "speech balloon", "thought balloon",
+                   "currency exchange", "vibration mode", "cooking", "love hotel", "bar chart", "outbox tray",
+                   "inbox tray", "incoming envelope", "oncoming automobile", "spouting whale", "seat", "bug", "blossom",
+                   "herb", "oden", "sake", "bomb", "name badge", "pager", "optical disk", "tram car", "ewe", "ram",
+                   "poultry leg", "tanabata tree", "pine decoration", "carp streamer", "steaming bowl"}
+
+
+def categories() -> list[tuple[str, str, Any]]:
+    return [(knowledge.TRACK, name, gen) for name, gen in knowledge.CATEGORIES.items()] + \
+           [(quality.TRACK, name, gen) for name, gen in quality.CATEGORIES.items()]
+
+
+def generate(total: int, seed: int) -> list[WorldRequest]:
+    """``total`` unique requests spread evenly over the 16 categories and two difficulties."""
+    from genevolve.world.facts import load_countries, load_things
+    from genevolve.world.slots import Context
+
+    things = [t for t in load_things() if t.name not in EXCLUDED_THINGS]
+    ctx = Context.build(list(load_countries()), things)
+    cats = categories()
+    cells = [(track, name, gen, d) for track, name, gen in cats for d in DIFFICULTIES]
+    quota = {i: total // len(cells) + (1 if i < total % len(cells) else 0) for i in range(len(cells))}
+    out: list[WorldRequest] = []
+    questions: set[str] = set()
+    pairs: set[str] = set()
+    for i, (_track, name, gen, diff) in enumerate(cells):
+        rng = random.Random(f"{seed}|{name}|{diff}")
+        made, attempts = 0, 0
+        while made < quota[i] and attempts < 60 * quota[i] + 200:
+            attempts += 1
+            req = gen(ctx, rng, diff)
+            if req is None or req.question in questions or req.pair_key in pairs:
+                continue
+            questions.add(req.question)
+            pairs.add(req.pair_key)
+            req.id = f"w{seed}-{name}-{diff[0]}{made:04d}"
+            out.append(req)
+            made += 1
+    return out
+
+
+def render_gt(out: Path, reqs: list[WorldRequest]) -> tuple[list[WorldRequest], list[str]]:
+    """Render each GT program; keep only requests whose GT passes every one of its own checks."""
+    from PIL import PngImagePlugin
+
+    from genevolve.render.collage import CollageRenderer
+    from genevolve.types import Program, Reference
+    from genevolve.world.checks import check_manifest, drawn_text
+    from genevolve.world.judge import text_grades
+
+    renderer = CollageRenderer()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("world_version", WORLD_VERSION)
+    (out / "images").mkdir(exist_ok=True)
+    kept, dropped = [], []
+    for req in reqs:
+        refs = [Reference(img_id=f"IMG_{i:03d}", path=str(out / "library" / f"{s.image}.png"), title=s.name)
+                for i, s in enumerate(req.entities, 1)]
+        result = renderer.render(Program(gen_prompt=req.gt_prompt(), references=refs), seed=0)
+        manifest = result.meta["manifest"]
+        grades = text_grades(req.texts, drawn_text(manifest))
+        failed = [c.detail for c in check_manifest(req, manifest, grades) if not (c.faithful and c.visual is not False)]
+        failed += [f"text {t}: {g}" for t, _, g in grades if g < 1.0]
+        if failed or manifest["overlap"]:
+            dropped.append(f"{req.id}: {'; '.join(failed) or 'overlap'}")
+            continue
+        req.gt_image = f"images/{req.id}.png"
+        result.image.save(out / req.gt_image, pnginfo=info, compress_level=1)
+        kept.append(req)
+    return kept, dropped
+
+
+def world_config(out: Path, policy: dict[str, Any], agent: dict[str, Any] | None = None,
+                 wiki: bool = True) -> dict[str, Any]:
+    return {
+        "policy": policy,
+        "search": {"kind": "local", "folders": [str(out / "corpus")], "wiki": wiki},
+        "image_search": {"kind": "local", "folders": [str(out / "library")], "openmoji": False,
+                         "semantic_fallback": False},
+        "renderer": {"kind": "collage"},
+        "judge": {"kind": "world", "world": str(out)},
+        "agent": agent or {"max_policy_calls": 11, "max_tool_calls": 10},
+    }
+
+
+def write_configs(out: Path, wiki: bool) -> None:
+    import yaml
+
+    head = f"# {WORLD_VERSION}: genevolve bench --data {out}/bench.jsonl --config THIS_FILE --out runs/NAME\n"
+    configs = {
+        "config.yaml": world_config(out, {"kind": "world-expert", "world": str(out), "noise": 0.0}, wiki=wiki),
+        "config.noisy.yaml": world_config(out, {"kind": "world-expert", "world": str(out), "noise": 0.5}, wiki=wiki),
+        "config.direct.yaml": world_config(out, {"kind": "direct"}, {"min_references": 0}, wiki=wiki),
+        "config.embedded.yaml": world_config(out, {"kind": "embedded"}, {
+            "max_policy_calls": 5, "max_tool_calls": 4,
+            "sampling": {"temperature": 0.6, "top_p": 0.9, "max_tokens": 1536}}, wiki=wiki),
+    }
+    for name, cfg in configs.items():
+        (out / name).write_text(head + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+async def expert_rows(out: Path, reqs: list[WorldRequest], wiki: bool, concurrency: int = 4) -> list[dict[str, Any]]:
+    """Run the scripted expert (noise 0) through the real agent loop and tools; SFT rows in request order."""
+    from genevolve.config import build_agent, load_config
+    from genevolve.sft_rows import trajectory_to_sft_row
+
+    cfg = load_config(None, world_config(out, {"kind": "world-expert", "world": str(out)}, wiki=wiki))
+    agent = build_agent(cfg)
+    agent.policy.accepts_images = True  # rows carry the retrieved pictures, like GenEvolve-Data
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(req: WorldRequest) -> dict[str, Any]:
+        async with sem:
+            traj = await agent.arun(req.question, id=req.id)
+        row = trajectory_to_sft_row(traj, image_root=out)
+        return {"id": req.id, "world_version": WORLD_VERSION, "ok": traj.ok, **row}
+
+    return list(await asyncio.gather(*(one(r) for r in reqs)))
+
+
+def build_world(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None, wiki: bool = True,
+                progress: bool = False) -> dict[str, Any]:
+    """Build (or rebuild) a world in ``out``; returns the manifest."""
+    from genevolve.world.facts import load_countries, load_things
+    from genevolve.world.library import write_corpus, write_library
+    from genevolve.world.splits import assign, check_splits
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = dict(sizes or DEFAULT_SIZES)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        timings[name] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        if progress:
+            print(f"  {name}: {timings[name]:.1f} s", flush=True)
+
+    total = sum(sizes.values())
+    reqs = generate(int(total * 1.04) + 8, seed)  # a few spare: GT self-checks drop some
+    things = [t for t in load_things() if t.name not in EXCLUDED_THINGS]
+    lap("generate")
+    write_library(out, list(load_countries()), things)
+    n_docs = write_corpus(out, list(load_countries()), things)
+    lap("library")
+    kept, dropped = render_gt(out, reqs)
+    kept = _trim(kept, total, seed)
+    lap("gt_images")
+    assign(kept, sizes, seed)
+    counts = check_splits(kept)
+    write_jsonl(out / "requests.jsonl", [r.model_dump(mode="json") for r in kept])
+    for split in ("bench", "rl"):
+        write_jsonl(out / f"{split}.jsonl", [r.bench_row() for r in kept if r.split == split])
+    write_configs(out, wiki)
+    lap("write")
+    sft = [r for r in kept if r.split == "sft"]
+    rows = asyncio.run(expert_rows(out, sft, wiki)) if sft else []
+    write_jsonl(out / "sft.jsonl", rows)
+    lap("expert")
+    manifest = {"version": WORLD_VERSION, "seed": seed, "sizes": sizes, "counts": counts, "n_requests": len(kept),
+                "n_gt_dropped": len(dropped), "gt_dropped": dropped[:50], "n_corpus_docs": n_docs,
+                "n_sft_ok": sum(r["ok"] for r in rows), "wiki": wiki, "timings": timings}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest
+
+
+def _trim(reqs: list[WorldRequest], total: int, seed: int) -> list[WorldRequest]:
+    """Drop the spares evenly across categories, so the world has exactly ``total`` requests."""
+    if len(reqs) <= total:
+        return reqs
+    by_cell: dict[tuple, list[WorldRequest]] = {}
+    for r in reqs:
+        by_cell.setdefault((r.category, r.difficulty), []).append(r)
+    extra = len(reqs) - total
+    rng = random.Random(f"{seed}|trim")
+    while extra > 0:
+        cell = max(by_cell, key=lambda k: (len(by_cell[k]), rng.random()))
+        by_cell[cell].pop()
+        extra -= 1
+    keep = {r.id for cell in by_cell.values() for r in cell}
+    return [r for r in reqs if r.id in keep]
