@@ -75,13 +75,20 @@ class GroupSampler:
         if self.alpha > 0 and self.program_judge is None:
             raise ValueError(f"alpha={self.alpha} weighs the program score but no program_judge was given")
 
-    async def sample(self, tasks: Sequence[Task], *, step: int) -> list[list[Rollout]]:
+    async def sample(self, tasks: Sequence[Task], *, step: int,
+                     groups: Sequence[int] | None = None) -> list[list[Rollout]]:
+        """``groups``: the step-wide index of each task (default 0..n-1). A rollout worker sampling one
+        share of a step passes its share's indices, so seeds, group ids and image names are those a
+        single sampler would have used."""
+        index = list(range(len(tasks))) if groups is None else list(groups)
+        if len(index) != len(tasks):
+            raise ValueError(f"{len(tasks)} tasks but {len(index)} group indices")
         gate = asyncio.Semaphore(self.concurrency)
         gts = [_load_gt(t.gt_image) for t in tasks]
 
         async def one(g: int, k: int) -> Rollout:
             async with gate:
-                return await self._rollout(tasks[g], gts[g], step=step, group=g, sample=k)
+                return await self._rollout(tasks[g], gts[g], step=step, group=index[g], sample=k)
 
         flat = await asyncio.gather(*(one(g, k) for g in range(len(tasks)) for k in range(self.k)))
         return [list(flat[g * self.k:(g + 1) * self.k]) for g in range(len(tasks))]
