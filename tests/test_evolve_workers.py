@@ -185,3 +185,9 @@ def test_worker_died_is_what_a_dead_actor_raises(ray_session):
     wrapper.actor = Dies.remote()
     with pytest.raises(WorkerDied, match="Ray actor died"):
         asyncio.run(wrapper._call(wrapper.actor.ready.remote()))
+
+
+def test_a_ray_worker_that_cannot_start_names_the_cause(env, ray_session):
+    _, spec, _ = env
+    with pytest.raises(WorkerDied, match="ConfigError: the rollout environment needs a renderer and a judge"):
+        RolloutPool({**spec, "judge": None}, {"backend": "ray"})

@@ -144,9 +144,15 @@ class _RayActor:
     def __init__(self, spec: EnvSpec, config: PoolConfig) -> None:
         import ray
 
+        from ray.exceptions import RayActorError
+
         remote = ray.remote(RolloutWorker).options(num_cpus=config.ray_num_cpus, num_gpus=config.ray_num_gpus)
         self.actor = remote.remote(spec.model_dump(mode="json"))
-        ray.get(self.actor.ready.remote())
+        try:
+            ray.get(self.actor.ready.remote())
+        except RayActorError as exc:  # the constructor raised: its error is the last line of Ray's traceback
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise WorkerDied(f"a Ray rollout worker failed to start: {lines[-1][:500] if lines else exc}") from exc
 
     async def sample(self, tasks: list[dict[str, Any]], step: int, groups: list[int]) -> list[list[str]]:
         return await self._call(self.actor.sample.remote(tasks, step=step, groups=groups))
