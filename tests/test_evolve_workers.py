@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from genevolve.config import RunConfig
 from genevolve.evolve.groups import Task
 from genevolve.evolve.workers import (
     EnvSpec,
@@ -81,7 +82,10 @@ def test_split_is_contiguous_even_and_complete():
 
 def test_local_pool_matches_the_group_sampler(env):
     root, spec, tasks = env
-    direct = asyncio.run(build_sampler(EnvSpec.model_validate(with_dir(spec, root / "direct"))).sample(tasks, step=4))
+    run = RunConfig.model_validate({k: v for k, v in spec.items() if k not in ("k", "alpha")})
+    from_run = EnvSpec.from_run_config(run, k=3, alpha=0.0, images_dir=str(root / "direct"))
+    assert from_run == EnvSpec.model_validate(with_dir(spec, root / "direct"))
+    direct = asyncio.run(build_sampler(from_run).sample(tasks, step=4))
     pool = RolloutPool(with_dir(spec, root / "pool"), {"workers": 3})
     pooled = pool.sample(tasks, step=4)
     assert essence(pooled) == essence(direct)

@@ -53,6 +53,12 @@ class EnvSpec(RunConfig):
     images_dir: str | None = Field(None, description="where rendered images go (a shared path with Ray workers)")
     base_seed: int = Field(0, description="seeds of rollout k of group g at step s derive from it (groups.py)")
 
+    @classmethod
+    def from_run_config(cls, run: RunConfig, **sampler: Any) -> EnvSpec:
+        """A spec from a loaded ``RunConfig`` (e.g. an evolve file's ``env``) plus the sampler fields
+        (``program_judge``, ``k``, ``alpha``, ``concurrency``, ``images_dir``, ``base_seed``)."""
+        return cls.model_validate({**run.model_dump(mode="json"), **sampler})
+
 
 class PoolConfig(BaseModel):
     """How rollouts are spread over workers."""
@@ -143,7 +149,6 @@ class _Local:
 class _RayActor:
     def __init__(self, spec: EnvSpec, config: PoolConfig) -> None:
         import ray
-
         from ray.exceptions import RayActorError
 
         remote = ray.remote(RolloutWorker).options(num_cpus=config.ray_num_cpus, num_gpus=config.ray_num_gpus)
