@@ -235,6 +235,32 @@ def report(
 
 
 @app.command()
+def sft(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with `model` and `sft` sections (see genevolve.evolve.train_config)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (overrides sft.out); rerunning resumes it")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="stop after N optimizer steps (overrides sft.max_steps)")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="discard OUT's checkpoints and metrics and start over")] = False,
+) -> None:
+    """Supervised cold start on GenEvolve-Data SFT rows: loss on assistant tokens only, LoRA or full.
+
+    Writes OUT/metrics.jsonl, OUT/checkpoints/ and OUT/final/ (adapter or model + tokenizer)."""
+    from genevolve.evolve.sft import run_sft
+    from genevolve.evolve.train_config import load_sft_config
+
+    overrides = {k: v for k, v in (("out", str(out) if out else None), ("max_steps", max_steps)) if v is not None}
+    try:
+        cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
+        result = run_sft(cfg, fresh=fresh)
+    except (ConfigError, MissingDependency) as exc:
+        _fail(str(exc))
+    if result.resumed_from:
+        console.print(f"resumed from step {result.resumed_from}")
+    losses = " · ".join(f"{name} {value:.4f}" for name, value in (("train loss", result.train_loss),
+                                                                   ("eval loss", result.eval_loss)) if value is not None)
+    console.print(f"{result.steps} steps{' · ' + losses if losses else ''}; wrote {result.final}")
+
+
+@app.command()
 def doctor() -> None:
     """Say which backends are usable on this machine, and why not."""
     from rich.table import Table
@@ -251,6 +277,10 @@ def doctor() -> None:
 
 serve_app = typer.Typer(help="Serve a backend over HTTP.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+
+from genevolve.world.cli import world_app  # noqa: E402 - the sub-app registers next to its siblings
+
+app.add_typer(world_app, name="world")
 
 
 @serve_app.command("render")

@@ -54,22 +54,33 @@ def generate(total: int, seed: int) -> list[WorldRequest]:
     cells = [(track, name, gen, d) for track, name, gen in cats for d in DIFFICULTIES]
     quota = {i: total // len(cells) + (1 if i < total % len(cells) else 0) for i in range(len(cells))}
     out: list[WorldRequest] = []
-    questions: set[str] = set()
-    pairs: set[str] = set()
-    for i, (_track, name, gen, diff) in enumerate(cells):
-        rng = random.Random(f"{seed}|{name}|{diff}")
-        made, attempts = 0, 0
-        while made < quota[i] and attempts < 60 * quota[i] + 200:
+    seen: set[str] = set()  # questions and (template, entities) pairs already made
+    rngs = [random.Random(f"{seed}|{name}|{diff}") for _, name, _, diff in cells]
+    made = [0] * len(cells)
+
+    def fill(i: int, want: int) -> None:
+        _, name, gen, diff = cells[i]
+        attempts = 0
+        while want > 0 and attempts < 60 * want + 200:
             attempts += 1
-            req = gen(ctx, rng, diff)
-            if req is None or req.question in questions or req.pair_key in pairs:
+            req = gen(ctx, rngs[i], diff)
+            if req is None or req.question in seen or req.pair_key in seen:
                 continue
-            questions.add(req.question)
-            pairs.add(req.pair_key)
-            req.id = f"w{seed}-{name}-{diff[0]}{made:04d}"
+            seen.update((req.question, req.pair_key))
+            req.id = f"w{seed}-{name}-{diff[0]}{made[i]:04d}"
             out.append(req)
-            made += 1
-    return out
+            made[i] += 1
+            want -= 1
+
+    for i in range(len(cells)):
+        fill(i, quota[i])
+    for _ in range(4):  # cells with few distinct pairs (few single-neighbour countries) leave a gap: share it
+        gap = total - len(out)
+        if gap <= 0:
+            break
+        for i in sorted(range(len(cells)), key=lambda i: made[i]):
+            fill(i, -(-gap // len(cells)))
+    return out[:total] if len(out) > total else out
 
 
 def render_gt(out: Path, reqs: list[WorldRequest]) -> tuple[list[WorldRequest], list[str]]:

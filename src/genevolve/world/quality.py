@@ -93,9 +93,9 @@ def counting(ctx: Context, rng: random.Random, difficulty: str) -> WorldRequest 
     a, b = _two(ctx, rng)
     na, nb = rng.sample(range(5, 9), 2)
     question = f"{NUMBER_WORDS[na].capitalize()} {a.plural} and {NUMBER_WORDS[nb]} {b.plural}."
-    parts = [PromptPart(text=f"Exactly {NUMBER_WORDS[na]} ({na}) {a.plural} from {{ref:a}} in a row at the top.",
+    parts = [PromptPart(text=f"Exactly {NUMBER_WORDS[na]} ({na}) {a.plural} from {{ref:a}} in a grid at the top.",
                         skill="quantity_counting", naive=f"{NUMBER_WORDS[na].capitalize()} {a.plural} from {{ref:a}}."),
-             PromptPart(text=f"Exactly {NUMBER_WORDS[nb]} ({nb}) {b.plural} from {{ref:b}} in a row at the bottom.",
+             PromptPart(text=f"Exactly {NUMBER_WORDS[nb]} ({nb}) {b.plural} from {{ref:b}} in a grid at the bottom.",
                         skill="quantity_counting", naive=f"{NUMBER_WORDS[nb].capitalize()} {b.plural} from {{ref:b}}.")]
     return request("counting", TRACK, "hard", "two", question, ["quantity_counting"],
                    [thing_slot(ctx, a, "a", count=na), thing_slot(ctx, b, "b", count=nb)], parts)
