@@ -159,9 +159,12 @@ def ray_session():
 def test_ray_workers_match_the_group_sampler_and_survive_a_dead_actor(env, ray_session):
     root, spec, tasks = env
     direct = asyncio.run(build_sampler(EnvSpec.model_validate(with_dir(spec, root / "rdirect"))).sample(tasks, step=7))
-    pool = RolloutPool(with_dir(spec, root / "ray"), {"backend": "ray", "workers": 2, "ray_num_cpus": 1})
+    pool = RolloutPool(with_dir(spec, root / "ray"), {"backend": "ray", "workers": 2, "ray_num_cpus": 1,
+                                                      "ray_env": {"GENEVOLVE_TEST_MARK": "on-worker"}})
     try:
         assert essence(pool.sample(tasks, step=7)) == essence(direct)
+        assert ray_session.get(pool._workers[1].actor.__ray_call__.remote(
+            lambda self: os.environ.get("GENEVOLVE_TEST_MARK"))) == "on-worker"
         pool.set_model("policy-step-000007")
         dead = pool._workers[0]
         ray_session.kill(dead.actor)

@@ -71,6 +71,9 @@ class PoolConfig(BaseModel):
                                                       "null: start a local Ray")
     ray_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each worker actor")
     ray_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker (e.g. a local renderer)")
+    ray_env: dict[str, str] = Field(default_factory=dict, description="environment variables of the worker actors "
+                                    "(e.g. GENEVOLVE_CACHE on shared storage); not for secrets, which Ray shows in "
+                                    "its dashboard: set those where `ray start` runs")
 
 
 class RolloutWorkerError(RuntimeError):
@@ -151,7 +154,10 @@ class _RayActor:
         import ray
         from ray.exceptions import RayActorError
 
-        remote = ray.remote(RolloutWorker).options(num_cpus=config.ray_num_cpus, num_gpus=config.ray_num_gpus)
+        options: dict[str, Any] = dict(num_cpus=config.ray_num_cpus, num_gpus=config.ray_num_gpus)
+        if config.ray_env:
+            options["runtime_env"] = {"env_vars": dict(config.ray_env)}
+        remote = ray.remote(RolloutWorker).options(**options)
         self.actor = remote.remote(spec.model_dump(mode="json"))
         try:
             ray.get(self.actor.ready.remote())
