@@ -21,8 +21,8 @@ Protocols (checked against the servers' own sources, 2026):
   ``base_model`` is required here.
 
 Why versioned names (``policy-step-000012``) and not one name reloaded in place: vLLM accepts
-``load_inplace: true`` only since late 2025 (vllm-project/vllm#31326; older servers answer 400
-"already loaded"), and in-place reloads had open bugs in 2026 (the flag stuck on the stored request
+``load_inplace: true`` only in releases that include vllm-project/vllm#31326 (opened December 2025;
+older servers answer 400 "already loaded"), and in-place reloads had open bugs in 2026 (the flag stuck on the stored request
 made the adapter re-read from disk on every step, #33791; prefix-cache blocks of the old weights
 could be reused, #42125). A fresh name gets a fresh adapter id, so neither can happen, and rollouts
 still in flight keep the weights they started with. ``inplace: true`` is offered for servers where
