@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from genevolve.evolve.rollout import Rollout
 from genevolve.registry import ConfigError
 
 Groups = list[list[Rollout]]
+log = logging.getLogger(__name__)
 
 
 class EnvSpec(RunConfig):
@@ -84,6 +86,13 @@ class RolloutWorkerError(RuntimeError):
         super().__init__(message)
         self.finished = finished
         self.failed_tasks = failed_tasks
+
+
+@dataclasses.dataclass
+class _Failure:
+    worker: int
+    share: list[int]
+    error: BaseException
 
 
 class WorkerDied(RuntimeError):
@@ -215,45 +224,42 @@ class RolloutPool:
         self.model = name
 
     async def asample(self, tasks: Sequence[Task], *, step: int) -> Groups:
-        shares = _split(len(tasks), len(self._workers))
         payload = [dataclasses.asdict(t) for t in tasks]
+        jobs = [(w, share) for w, share in enumerate(_split(len(tasks), len(self._workers))) if share]
+        done, failed = await self._round(jobs, payload, step)
+        healthy = [w for w, _ in jobs if all(w != f.worker for f in failed)]
+        retries = [(self._retry_target(f.worker, n, healthy), f.share) for n, f in enumerate(failed)]
+        redone, refailed = await self._round(retries, payload, step)
+        done.update(redone)
+        if refailed:
+            first = {tuple(f.share): f for f in failed}
+            ids = [tasks[i].id for f in refailed for i in f.share]
+            why = "; ".join(f"worker {first[tuple(f.share)].worker}: {_brief(first[tuple(f.share)].error)}; "
+                            f"retry on worker {f.worker}: {_brief(f.error)}" for f in refailed)
+            raise RolloutWorkerError(f"step {step}: tasks {ids} failed on two workers ({why}); "
+                                     f"{len(done)} of {len(tasks)} groups finished", done, ids)
+        return [done[i] for i in range(len(tasks))]
+
+    async def _round(self, jobs: list[tuple[int, list[int]]], payload: list[dict[str, Any]],
+                     step: int) -> tuple[dict[int, list[Rollout]], list[_Failure]]:
+        """Run each (worker, share) job at once; a dead worker is replaced before this returns."""
 
         async def run(w: int, share: list[int]) -> Groups:
             rows = await self._workers[w].sample([payload[i] for i in share], step, share)
             return _decode(rows, share, self.spec.k, worker=w)
 
-        first = await asyncio.gather(*(run(w, s) for w, s in enumerate(shares) if s), return_exceptions=True)
+        outs = await asyncio.gather(*(run(w, share) for w, share in jobs), return_exceptions=True)
         done: dict[int, list[Rollout]] = {}
-        failed: list[tuple[int, list[int], BaseException]] = []
-        dead: set[int] = set()
-        for (w, share), out in zip([(w, s) for w, s in enumerate(shares) if s], first, strict=True):
+        failed: list[_Failure] = []
+        for (w, share), out in zip(jobs, outs, strict=True):
             if isinstance(out, BaseException):
                 _reraise_fatal(out)
-                failed.append((w, share, out))
-                dead.update([w] if isinstance(out, WorkerDied) else [])
-            else:
-                done.update(zip(share, out, strict=True))
-        for w in dead:
-            self._workers[w] = await self._replace(self._workers[w])
-        ok = [w for w, s in enumerate(shares) if s and all(f[0] != w for f in failed)]
-        targets = [self._retry_target(w, n, ok) for n, (w, _, _) in enumerate(failed)]
-        second = await asyncio.gather(*(run(t, share) for t, (_, share, _) in zip(targets, failed, strict=True)),
-                                      return_exceptions=True)
-        errors = []
-        for t, (w, share, exc), out in zip(targets, failed, second, strict=True):
-            if isinstance(out, BaseException):
-                _reraise_fatal(out)
-                errors.append((share, f"worker {w}: {_brief(exc)}; retry on worker {t}: {_brief(out)}"))
+                failed.append(_Failure(w, share, out))
                 if isinstance(out, WorkerDied):
-                    self._workers[t] = await self._replace(self._workers[t])
+                    self._workers[w] = await self._replace(self._workers[w])
             else:
                 done.update(zip(share, out, strict=True))
-        if errors:
-            ids = [tasks[i].id for share, _ in errors for i in share]
-            why = "; ".join(reason for _, reason in errors)
-            raise RolloutWorkerError(f"step {step}: tasks {ids} failed on two workers ({why}); "
-                                     f"{len(done)} of {len(tasks)} groups finished", done, ids)
-        return [done[i] for i in range(len(tasks))]
+        return done, failed
 
     def close(self) -> None:
         for worker in self._workers:
@@ -264,10 +270,15 @@ class RolloutPool:
         return _RayActor(self.spec, self.config) if self.config.backend == "ray" else _Local(self.spec)
 
     async def _replace(self, worker: _Local | _RayActor) -> _Local | _RayActor:
-        """A fresh worker for a dead one, serving the current model."""
-        fresh = await asyncio.to_thread(self._spawn)
-        if self.model is not None:
-            await fresh.set_model(self.model)
+        """A fresh worker for a dead one, serving the current model; the dead one if none can start
+        (its shares then fail and are reported, with the finished groups)."""
+        try:
+            fresh = await asyncio.to_thread(self._spawn)
+            if self.model is not None:
+                await fresh.set_model(self.model)
+        except Exception as exc:  # a failed restart must not lose the finished groups
+            log.warning("rollout pool: could not replace a dead worker: %s", _brief(exc))
+            return worker
         return fresh
 
     def _retry_target(self, failed: int, n: int, ok: list[int]) -> int:
