@@ -1,0 +1,293 @@
+"""Supervised cold start (METHOD.md §5): next-token loss on the assistant tokens of expert trajectories.
+
+``run_sft(config)`` reads GenEvolve-Data SFT rows, holds out an eval split, and trains the policy
+(LoRA or full) with AdamW, gradient accumulation and a cosine schedule with linear warm-up. Each
+optimizer step's loss is the token mean over all assistant tokens of its micro-batches, so
+accumulation gives the same update as one big batch.
+
+Run folder (``sft.out``): ``config.yaml`` (resolved), ``data.json`` (rows used and skipped, with
+reasons), ``metrics.jsonl`` (one line per step, plus eval lines), ``checkpoints/step-NNNNNN/``
+(weights, optimizer, scheduler, RNG states, step) and ``final/`` (adapter or model + tokenizer,
+loadable by ``HFPolicy``/``EmbeddedPolicy``). Rerunning the same command resumes from the newest
+complete checkpoint and continues exactly as the uninterrupted run would have: the data order is a
+function of (seed, epoch), the RNG states are restored, and metrics lines written after that
+checkpoint are dropped so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genevolve.evolve.sft_data import SFTExample, load_examples, micro_batches, split
+from genevolve.evolve.tokens import ChatEncoder, TokenView, collate, token_logps
+from genevolve.evolve.train_config import SFTFile
+from genevolve.registry import ConfigError
+from genevolve.types import write_text_atomic
+
+#: config keys that may change between a run and its resumption (they do not affect the result)
+RESUMABLE_CHANGES = ("eval_every", "save_every", "keep_checkpoints")
+
+
+@dataclass
+class SFTResult:
+    out: Path
+    steps: int
+    final: Path
+    train_loss: float | None
+    eval_loss: float | None
+    resumed_from: int
+
+
+def cosine_with_warmup(total: int, warmup: int, min_frac: float) -> Callable[[int], float]:
+    """LR factor per step: ``warmup`` steps rising linearly (1/(w+1), ..., w/(w+1): none wasted at 0,
+    none already at the peak), then a cosine from 1 down to ``min_frac`` at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTResult:
+    """Train, or resume the run in ``cfg.sft.out``; return where the final weights are."""
+    import torch
+
+    from genevolve.evolve.model import load_model, save_model
+
+    s = cfg.sft
+    out = Path(s.out)
+    _prepare_folder(out, cfg, fresh)
+    tm = load_model(cfg.model)
+    encoder = ChatEncoder(tm.tokenizer, tm.processor)
+    examples, skipped = load_examples(s.data, encoder, s.max_tokens)
+    if not examples:
+        raise ConfigError(f"no usable SFT rows in {', '.join(s.data)} ({len(skipped)} skipped; see {out / 'data.json'})")
+    train, held = split(examples, s.eval_frac, s.seed)
+    _write_json(out / "data.json", {"n_train": len(train), "n_eval": len(held), "n_skipped": len(skipped),
+                                    "eval_ids": [e.id for e in held], "skipped": skipped})
+    batches = micro_batches(len(train), s.batch_size, s.epochs, s.seed)
+    rows_before = [0, *itertools.accumulate(len(mb) for mb in batches)]  # rows seen after n micro-batches
+    total = math.ceil(len(batches) / s.grad_accum)
+    total = min(total, s.max_steps) if s.max_steps else total
+
+    params = tm.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    warmup = math.ceil(s.warmup_frac * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup, s.min_lr_frac))
+    random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    start = _resume(out, tm, optimizer, scheduler)
+    metrics = _Metrics(out / "metrics.jsonl", keep_through=start)
+
+    def view_of(example: SFTExample) -> TokenView:
+        if example.has_images and encoder.accepts_images:  # pixels were dropped after the first pass
+            return encoder.view_sft_row(example.row, example.root)
+        return example.view
+
+    train_loss = eval_loss = None
+    with _progress(progress, total, start) as advance:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            step_views = [[view_of(train[i]) for i in mb] for mb in batches[step * s.grad_accum:(step + 1) * s.grad_accum]]
+            lr = scheduler.get_last_lr()[0]
+            train_loss, grad_norm, n_tokens = _train_step(tm, step_views, s.max_grad_norm, optimizer, params)
+            scheduler.step()
+            seconds = time.perf_counter() - t0
+            done = step + 1
+            metrics.write({"step": done, "kind": "train", "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                           "tokens": n_tokens, "epoch": round(rows_before[min(done * s.grad_accum, len(batches))] / len(train), 4),
+                           "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1)})
+            if held and (done % s.eval_every == 0 or done == total):
+                eval_loss = evaluate(tm, [view_of(e) for e in held], s.batch_size)
+                metrics.write({"step": done, "kind": "eval", "eval_loss": eval_loss})
+            if done % s.save_every == 0 or done == total:
+                _save_checkpoint(out, done, tm, optimizer, scheduler, s.keep_checkpoints)
+            advance(train_loss, eval_loss)
+    final = save_model(tm, out / "final")
+    return SFTResult(out, total, final, train_loss, eval_loss, start)
+
+
+def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float | None,
+                optimizer: Any, params: list[Any]) -> tuple[float, float, int]:
+    """One optimizer step over several micro-batches; the loss is the token mean over all of them."""
+    import torch
+
+    n_tokens = sum(v.n_assistant_tokens for views in step_views for v in views)
+    total = 0.0
+    for views in step_views:
+        batch = collate(views, tm.pad_id)
+        logp_B_T = token_logps(tm.model, batch)
+        mask_B_T = batch.mask_B_T.to(logp_B_T.device)
+        loss = -(logp_B_T * mask_B_T).sum() / n_tokens  # this micro-batch's share of the step's token mean
+        loss.backward()
+        total += float(loss.detach())
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, float(norm), n_tokens
+
+
+def evaluate(tm: Any, views: list[TokenView], batch_size: int) -> float:
+    """Token-mean NLL of the assistant tokens of ``views`` (no gradient)."""
+    import torch
+
+    was_training = tm.model.training
+    tm.model.eval()
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(views), batch_size):
+            batch = collate(views[i:i + batch_size], tm.pad_id)
+            logp_B_T = token_logps(tm.model, batch)
+            nll -= float(logp_B_T.sum())
+            n += int(batch.mask_B_T.sum())
+    tm.model.train(was_training)
+    return nll / max(n, 1)
+
+
+# -- run folder -------------------------------------------------------------------------------------
+
+
+def _config_text(cfg: SFTFile) -> str:
+    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+
+
+def _prepare_folder(out: Path, cfg: SFTFile, fresh: bool) -> None:
+    """Save the resolved config; refuse to resume a run whose result-changing settings differ."""
+    path = out / "config.yaml"
+    if fresh:
+        for name in ("checkpoints", "final"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    elif path.is_file() and (out / "checkpoints").is_dir():
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+        new = json.loads(cfg.model_dump_json())
+        for d in (old, new):
+            for key in RESUMABLE_CHANGES:
+                d.get("sft", {}).pop(key, None)
+        if old != new:
+            raise ConfigError(f"{out} holds an SFT run with a different config ({path}); rerun with --fresh "
+                              "to start over there, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, _config_text(cfg))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith("step-") and (p / "trainer.pt").is_file())
+
+
+def _save_checkpoint(out: Path, step: int, tm: Any, optimizer: Any, scheduler: Any, keep: int) -> None:
+    """Write into a hidden folder and rename it: a crash mid-write leaves no half checkpoint."""
+    import torch
+
+    from genevolve.evolve.model import save_model
+
+    final = out / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(tm, tmp / "model")
+    state = {
+        "step": step,
+        "trainable": {n: p.detach().cpu() for n, p in tm.model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    torch.save(state, tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(out: Path, tm: Any, optimizer: Any, scheduler: Any) -> int:
+    """Load the newest complete checkpoint into the live objects; return its step (0 if none)."""
+    import torch
+
+    found = _checkpoints(out)
+    if not found:
+        return 0
+    state = torch.load(found[-1] / "trainer.pt", weights_only=False)
+    named = dict(tm.model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            named[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+class _Metrics:
+    """Append-only metrics.jsonl, one fsynced line per record; lines past ``keep_through`` (written
+    after the checkpoint a run resumes from) are dropped first."""
+
+    def __init__(self, path: Path, keep_through: int) -> None:
+        self.path = path
+        if path.is_file():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= keep_through:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn last line
+            write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class _progress:
+    """A rich progress bar (steps, loss, eval loss), or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.enabled, self.total, self.start = enabled, total, start
+
+    def __enter__(self) -> Callable[[float | None, float | None], None]:
+        if not self.enabled:
+            return lambda loss, eval_loss: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"))
+        self._bar.start()
+        task = self._bar.add_task("sft", total=self.total, completed=self.start, info="")
+
+        def advance(loss: float | None, eval_loss: float | None) -> None:
+            info = f"loss {loss:.4f}" + (f" · eval {eval_loss:.4f}" if eval_loss is not None else "")
+            self._bar.update(task, advance=1, info=info)
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.stop()

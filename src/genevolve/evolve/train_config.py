@@ -1,0 +1,114 @@
+"""Typed YAML sections for training: ``model`` (what to train) and ``sft`` (the cold start).
+
+Example ``sft.yaml`` (a 2-layer Llama trained from scratch with the embedded SmolLM2 tokenizer)::
+
+    model:
+      path: embedded
+      from_config: {model_type: llama, num_hidden_layers: 2, hidden_size: 128, intermediate_size: 256,
+                    num_attention_heads: 4, num_key_value_heads: 2}
+    sft:
+      data: [runs/world/sft.jsonl]
+      out: runs/sft-tiny
+      lr: 1.0e-3
+
+And the paper's setting on a real policy: ``model: {path: Qwen/Qwen3-VL-8B-Instruct, lora: null,
+dtype: bfloat16, device: cuda}`` with the ``sft`` defaults (lr 1e-5, cosine, 2 % warm-up, 2 epochs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genevolve.registry import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSpec(_Section):
+    """A PEFT LoRA adapter on the policy; only the adapter's weights train and get saved."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="module names to adapt, or 'all-linear' (every linear layer but the output head)")
+
+
+class ModelSpec(_Section):
+    """The policy model to train, and how."""
+
+    path: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct, converted into $GENEVOLVE_CACHE), "
+                                              "a local HF folder, or a hub id")
+    from_config: dict[str, Any] | None = Field(
+        None, description="train from scratch: HF config keys of a text LM (model_type first, e.g. "
+                          "{model_type: llama, num_hidden_layers: 2, hidden_size: 128}); only the tokenizer of "
+                          "`path` is used, and its size and special ids fill the config")
+    lora: LoraSpec | None = Field(None, description="train a LoRA adapter; null: full fine-tune")
+    adapter: str | None = Field(None, description="a LoRA adapter folder to start from (trained further)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: float32 on CPU, the checkpoint's dtype on accelerators")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, mps, or auto (cuda when available)")
+    trust_remote_code: bool = Field(False, description="allow model code shipped with the checkpoint")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30 % slower")
+    freeze_vision: bool = Field(True, description="VLMs: keep the vision tower frozen (the paper does)")
+    seed: int = Field(0, description="seed of the random initialisation for from_config")
+
+
+class SFTConfig(_Section):
+    """Supervised cold start on GenEvolve-Data SFT rows; defaults are the paper's (METHOD.md §5)."""
+
+    data: list[str] = Field(description="SFT row files (.jsonl/.parquet) or folders of them, e.g. a world's DIR/sft.jsonl")
+    out: str = Field("runs/sft", description="run folder: config, metrics.jsonl, checkpoints/, final/")
+    epochs: float = Field(2.0, gt=0, description="passes over the training split (fractions allowed)")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (paper: 1e-5 for an 8B policy; tiny models from "
+                                              "scratch want ~1e-3)")
+    warmup_frac: float = Field(0.02, ge=0, lt=1, description="fraction of steps of linear warm-up before the cosine decay")
+    min_lr_frac: float = Field(0.0, ge=0, le=1, description="the cosine decays to lr × this")
+    batch_size: int = Field(1, ge=1, description="trajectories per forward pass (micro-batch)")
+    grad_accum: int = Field(8, ge=1, description="micro-batches per optimizer step; step batch = batch_size × grad_accum")
+    max_tokens: int = Field(8192, ge=16, description="longer trajectories are skipped (counted in data.json), never cut")
+    eval_frac: float = Field(0.05, ge=0, lt=1, description="held-out fraction of rows for the eval loss")
+    eval_every: int = Field(50, ge=1, description="optimizer steps between eval losses (and one at the end)")
+    save_every: int = Field(100, ge=1, description="optimizer steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping norm; null: no clipping")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
+    seed: int = Field(0, description="data order, eval split and dropout")
+
+
+class SFTFile(_Section):
+    """A ``genevolve sft --config`` file."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    sft: SFTConfig
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTFile:
+    """Read an SFT config; ``overrides`` (e.g. ``{"sft": {"out": ...}}``) replace keys of its sections."""
+    data = read_yaml(path)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return SFTFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid SFT config {path}: {exc}") from exc

@@ -1,0 +1,219 @@
+"""SFT on tiny models (from config, or pretrained + LoRA) with rows made here: it learns, resumes
+exactly, keeps the run folder honest, and its output loads back as a policy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from genevolve.evolve.model import load_model  # noqa: E402
+from genevolve.evolve.sft import cosine_with_warmup, evaluate, run_sft  # noqa: E402
+from genevolve.evolve.sft_data import micro_batches  # noqa: E402
+from genevolve.evolve.tokens import ChatEncoder  # noqa: E402
+from genevolve.evolve.train_config import ModelSpec, SFTFile  # noqa: E402
+from genevolve.policy.base import Sampling  # noqa: E402
+from genevolve.policy.hf import HFPolicy  # noqa: E402
+from genevolve.registry import ConfigError  # noqa: E402
+from tests.test_policy_hf import make_llama, make_tokenizer  # noqa: E402
+
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512}
+SUBJECTS = ["red fox", "blue car", "green tree", "white cat", "black dog", "yellow sun"]
+TIME_FIELDS = ("seconds", "tokens_per_s")
+
+
+def row(subject: str) -> dict:
+    return {"messages": [
+        {"role": "system", "content": "You are a planner."},
+        {"role": "user", "content": f"draw a {subject}"},
+        {"role": "assistant", "content": f'<think>search first</think>\n<tool_call>{{"name": "image_search", '
+                                         f'"arguments": {{"query": "{subject}"}}}}</tool_call>'},
+        {"role": "user", "content": "<tool_response>\nIMG_001: fox\n</tool_response>"},
+        {"role": "assistant", "content": f'<think>use IMG_001</think>\n<answer>{{"gen_prompt": "a {subject}", '
+                                         '"reference_images": [{"img_id": "IMG_001", "note": "subject"}]}</answer>'},
+    ], "images": []}
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    tok = make_tokenizer()
+    make_llama(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "data" / "sft.jsonl"
+    path.parent.mkdir()
+    lines = [json.dumps(row(s)) for s in SUBJECTS * 2]
+    lines.append("{not json")
+    lines.append(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}))
+    lines.append(json.dumps(row("very " * 300 + "long thing")))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def config(out, data, model, **sft) -> SFTFile:
+    settings = {"data": [str(data)], "out": str(out), "lr": 1e-2, "grad_accum": 2, "batch_size": 2,
+                "eval_frac": 0.2, "eval_every": 2, "save_every": 2, "max_tokens": 400, **sft}
+    return SFTFile.model_validate({"model": model, "sft": settings})
+
+
+def metric_lines(out):
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if k not in TIME_FIELDS} for rec in lines]
+
+
+def trainable(tm_or_model):
+    model = getattr(tm_or_model, "model", tm_or_model)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_tiny_model_from_config_learns_and_loads_back(tmp_path, tok_dir, data):
+    out = tmp_path / "run"
+    result = run_sft(config(out, data, {"path": str(tok_dir), "from_config": TINY}, epochs=20, lr=3e-2,
+                            eval_every=10, save_every=20), progress=False)
+    report = json.loads((out / "data.json").read_text())
+    assert report["n_train"] + report["n_eval"] == 12 and report["n_eval"] == 3
+    reasons = sorted(s["reason"].split(":")[0] for s in report["skipped"])
+    assert reasons == ["TokenViewError", "ValueError", "too_long"]
+    lines = metric_lines(out)
+    train = [x for x in lines if x["kind"] == "train"]
+    evals = [x for x in lines if x["kind"] == "eval"]
+    assert [x["step"] for x in train] == list(range(1, result.steps + 1))
+    assert result.steps == 20 * math.ceil(9 / 2) // 2  # 5 micro-batches per epoch (the last of 1 row), 2 per step
+    assert train[-1]["epoch"] == 20.0
+    assert train[0]["loss"] == pytest.approx(math.log(320), rel=0.05)  # untrained: uniform over the vocab
+    assert train[-1]["loss"] < 0.6 * train[0]["loss"]
+    assert evals[-1]["eval_loss"] < min(0.6 * train[0]["loss"], evals[0]["eval_loss"])
+    assert evals[-1]["step"] == result.steps
+    assert train[0]["lr"] == pytest.approx(train[1]["lr"] / 2)  # warm-up: ceil(2 % of 50 steps) = 1 step
+    assert (out / "final" / "model.json").is_file() and (out / "config.yaml").is_file()
+    # final/ holds the trained weights: reloaded, they give the last eval loss again.
+    tm = load_model(ModelSpec(path=str(out / "final")))
+    held = [row(s) for s in SUBJECTS * 2]
+    held = [held[int(i.split(":")[1]) - 1] for i in report["eval_ids"]]
+    views = [ChatEncoder(tm.tokenizer).view_sft_row(r) for r in held]
+    assert evaluate(tm, views, batch_size=3) == pytest.approx(evals[-1]["eval_loss"], rel=1e-6)
+    policy = HFPolicy(out / "final", dtype="float32")
+    assert isinstance(policy.chat(_prompt(), sampling=Sampling(temperature=0.0, max_tokens=4)), str)
+
+
+def _prompt():
+    from genevolve.types import Turn
+
+    return [Turn(role="system", content="You are a planner."), Turn(role="user", content="draw a red fox")]
+
+
+def test_resume_continues_exactly(tmp_path, tok_dir, data):
+    model = {"path": str(tok_dir), "from_config": TINY}
+    out = tmp_path / "run"
+    straight = run_sft(config(out, data, model, max_steps=4, keep_checkpoints=2), progress=False)
+    want_lines = metric_lines(out)
+    want_params = trainable(load_model(ModelSpec(path=str(out / "final"))))
+    # Simulate a crash after step 3: the step-4 checkpoint and final weights never got written, a
+    # half-written checkpoint folder lies around, and metrics.jsonl holds a line for step 3 and a torn line.
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    shutil.rmtree(out / "final")
+    (out / "checkpoints" / ".tmp-step-000004").mkdir()
+    with (out / "metrics.jsonl").open("w") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in want_lines if x["step"] <= 3) + '{"step": 4, "ki')
+    resumed = run_sft(config(out, data, model, max_steps=4, keep_checkpoints=2), progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == straight.steps == 4
+    assert metric_lines(out) == want_lines  # no step lost or duplicated, same numbers
+    got_params = trainable(load_model(ModelSpec(path=str(out / "final"))))
+    assert all(torch.equal(got_params[n], want_params[n]) for n in want_params)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "step-000002", "step-000004"]
+    # A different config refuses to resume; --fresh starts over.
+    with pytest.raises(ConfigError, match="different config"):
+        run_sft(config(out, data, model, max_steps=4, lr=1e-3), progress=False)
+    again = run_sft(config(out, data, model, max_steps=2, lr=1e-3), fresh=True, progress=False)
+    assert again.resumed_from == 0 and [x["step"] for x in metric_lines(out) if x["kind"] == "train"] == [1, 2]
+
+
+def test_lora_trains_only_the_adapter(tmp_path, base_dir, data):
+    out = tmp_path / "lora"
+    model = {"path": str(base_dir), "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    before = dict(transformers.AutoModelForCausalLM.from_pretrained(base_dir).named_parameters())
+    run_sft(config(out, data, model, max_steps=3, lr=5e-2), progress=False)
+    final = out / "final"
+    assert (final / "adapter_config.json").is_file() and json.loads((final / "model.json").read_text())["kind"] == "lora"
+    tm = load_model(ModelSpec(path=str(final)))  # an adapter folder loads as base + adapter, trainable
+    assert tm.is_lora and tm.trainable_parameters()
+    lora_b = [p for n, p in tm.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # every adapter matrix moved off zero
+    for name, param in tm.model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param, before[key]), name  # the base stayed frozen
+    policy = HFPolicy(base_dir, dtype="float32", adapter=final)
+    assert isinstance(policy.chat(_prompt(), sampling=Sampling(temperature=0.0, max_tokens=4)), str)
+
+
+def test_accumulation_equals_one_big_batch(tmp_path, tok_dir, data):
+    model = {"path": str(tok_dir), "from_config": TINY}
+    common = {"max_steps": 1, "eval_frac": 0.0, "max_grad_norm": None, "warmup_frac": 0.0}
+    run_sft(config(tmp_path / "a", data, model, batch_size=1, grad_accum=4, **common), progress=False)
+    run_sft(config(tmp_path / "b", data, model, batch_size=4, grad_accum=1, **common), progress=False)
+    a = trainable(load_model(ModelSpec(path=str(tmp_path / "a" / "final"))))
+    b = trainable(load_model(ModelSpec(path=str(tmp_path / "b" / "final"))))
+    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)  # Adam's first step is ±lr: rounding shows
+    assert metric_lines(tmp_path / "a")[0]["loss"] == pytest.approx(metric_lines(tmp_path / "b")[0]["loss"], rel=1e-5)
+
+
+def test_schedule_and_batches():
+    f = cosine_with_warmup(total=100, warmup=2, min_frac=0.1)
+    assert [f(0), f(1), f(2)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert f(51) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    batches = micro_batches(10, 3, 1.5, seed=0)
+    assert sum(len(b) for b in batches) == 15 and batches == micro_batches(10, 3, 1.5, seed=0)
+    assert sorted(i for b in batches[:4] for i in b) == list(range(10))  # epoch 1 covers every row once
+    assert batches != micro_batches(10, 3, 1.5, seed=1)
+
+
+def test_bad_configs(tmp_path, tok_dir, data):
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_sft(config(tmp_path / "x", tmp_path / "missing.jsonl", {"path": str(tok_dir), "from_config": TINY}),
+                progress=False)
+    with pytest.raises(ConfigError, match="model_type"):
+        load_model(ModelSpec(path=str(tok_dir), from_config={"hidden_size": 8}))
+    with pytest.raises(ConfigError, match="not both"):
+        load_model(ModelSpec(path=str(tok_dir), lora={"r": 2}, adapter=str(tmp_path)))
+    with pytest.raises(ValueError, match="extra"):
+        SFTFile.model_validate({"sft": {"data": ["x"], "learning_rate": 1.0}})
+
+
+def test_cli_sft(tmp_path, tok_dir, data):
+    import yaml
+    from typer.testing import CliRunner
+
+    from genevolve.cli import app
+
+    cfg = {"model": {"path": str(tok_dir), "from_config": TINY},
+           "sft": {"data": [str(data.parent)], "lr": 1e-2, "batch_size": 4, "grad_accum": 1}}
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(app, ["sft", "--config", str(path), "--out", str(out), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 steps" in result.output and (out / "final" / "model.json").is_file()
+    result = CliRunner().invoke(app, ["sft", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
