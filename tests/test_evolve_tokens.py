@@ -271,3 +271,24 @@ def test_vlm_view_has_pixels_and_image_tokens(llava, tmp_path):  # noqa: F811
         other = token_logps(model, collate([swapped], processor.tokenizer.pad_token_id))
     last = view.spans[-1]
     assert not torch.allclose(logp[0, last[0]:last[1]], other[0, last[0]:last[1]])  # the images are seen
+
+
+def test_real_smollm2_tokenizer_when_cached():
+    """The embedded model's own tokenizer and template, when a converted copy is already cached."""
+    import os
+    from pathlib import Path
+
+    from genevolve.policy.embedded import MODEL_DIR_NAME
+
+    folder = Path(os.environ.get("GENEVOLVE_CACHE", Path.home() / ".cache" / "genevolve")) / "models" / MODEL_DIR_NAME
+    if not (folder / "tokenizer_config.json").is_file():
+        pytest.skip("no converted SmolLM2 in the cache (genevolve run converts it once)")
+    real = transformers.AutoTokenizer.from_pretrained(folder)
+    enc = ChatEncoder(real)
+    assert enc.end_of_turn == "<|im_end|>"
+    check_view(enc, TURNS)
+    view = enc.view(TURNS)
+    for (start, _), i in zip(view.spans, view.turn_index, strict=True):
+        prompt = real.apply_chat_template([t.model_dump(include={"role", "content"}) for t in TURNS[:i]],
+                                          add_generation_prompt=True, tokenize=False)
+        assert view.input_ids[:start] == real(prompt, add_special_tokens=False)["input_ids"]
