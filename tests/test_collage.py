@@ -259,7 +259,8 @@ def test_render_is_fast(renderer, refs):
 
 
 _WORDS = ['a', 'the', 'red', 'light', 'apple', 'apples', 'three', '5', '(5)', 'on', 'left', 'of', 'is', ',', '.',
-          '"HI"', '"', 'first', 'reference', 'image', 'and', 'above', 'sky', 'night', 'no', 'some', 'in', 'row']
+          '"HI"', '"', 'first', 'reference', 'image', 'and', 'above', 'sky', 'night', 'no', 'some', 'in', 'row',
+          'lying', 'down', 'upside', 'jumping']
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -118,3 +118,27 @@ def test_world_expert_via_env_and_config(world, monkeypatch):
     assert expert.noise == 0.5 and Path(expert.world) == world.root
     with pytest.raises(ValueError):
         WorldExpert(world.root, noise=1.5)
+
+
+def test_expert_reads_image_lines_it_was_shown():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from genevolve.protocol import format_tool_response
+    from genevolve.types import Turn
+    from genevolve.world.expert import _choose, _listed_images
+
+    title = st.text(alphabet=st.characters(blacklist_characters="\n\r()[]<>", blacklist_categories=("Cs",)),
+                    min_size=1, max_size=30).map(str.strip).filter(bool)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(title, min_size=1, max_size=6, unique_by=str.lower))
+    def check(titles):
+        lines = [f"{len(titles)} images for \"q\"."] + [f"IMG_{i:03d}: {t} (source: file:///x/{i}.png)"
+                                                         for i, t in enumerate(titles, 7)]
+        turn = Turn(role="user", content=format_tool_response("\n".join(lines)), kind="tool_response")
+        listed = _listed_images([turn])
+        assert [t for _, t in listed] == titles
+        assert _choose(listed, titles[-1], distract=False) == (f"IMG_{6 + len(titles):03d}", titles[-1])
+
+    check()
