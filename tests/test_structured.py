@@ -8,6 +8,9 @@ import pytest
 pytest.importorskip("llguidance")
 torch = pytest.importorskip("torch")
 
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
 from genevolve.agent import Agent, AgentConfig, RolloutState  # noqa: E402
 from genevolve.policy.base import Constraint, Sampling  # noqa: E402
 from genevolve.policy.guided import GrammarLogitsProcessor, llguidance_factory  # noqa: E402
@@ -118,3 +121,16 @@ def test_other_constraint_kinds(tok):
     proc = llguidance_factory(Constraint(kind="json_schema", value={"type": "object", "properties": {"a": {"type": "integer"}},
                                                                    "required": ["a"]}), tok)
     assert not proc.matcher.is_error()
+
+
+@settings(max_examples=50, deadline=None)
+@given(words=st.lists(st.integers(min_value=-(2**31), max_value=2**31 - 1), min_size=1, max_size=8),
+       cut=st.integers(min_value=0, max_value=31))
+def test_unpack_bitmask_matches_the_bit_definition(words, cut):
+    import torch
+
+    from genevolve.policy.guided import unpack_bitmask
+
+    vocab = 32 * len(words) - cut
+    got = unpack_bitmask(torch.tensor(words, dtype=torch.int32), vocab).tolist()
+    assert got == [bool((words[i // 32] >> (i % 32)) & 1) for i in range(vocab)]

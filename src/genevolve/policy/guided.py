@@ -65,6 +65,7 @@ class GrammarLogitsProcessor:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import llguidance.torch as llt
+        import torch
 
         if self._prompt_len is None:
             self._prompt_len = input_ids.shape[1]
@@ -76,11 +77,20 @@ class GrammarLogitsProcessor:
         llt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
         vocab = min(scores.shape[-1], self._llt.vocab_size)
         # The model's embedding table may be padded beyond the tokenizer's vocabulary: those ids are never valid.
-        masked = scores.clone()
-        llt.apply_token_bitmask_inplace(masked[:, :vocab], self._bitmask.to(scores.device))
-        if scores.shape[-1] > vocab:
-            masked[:, vocab:] = float("-inf")
-        return masked
+        allowed_V = torch.zeros(scores.shape[-1], dtype=torch.bool)
+        allowed_V[:vocab] = unpack_bitmask(self._bitmask[0], vocab)
+        return scores.masked_fill(~allowed_V.to(scores.device), float("-inf"))
+
+
+def unpack_bitmask(bitmask_W: Any, vocab: int) -> Any:
+    """llguidance's packed mask (int32 words, bit ``i % 32`` of word ``i // 32`` = token ``i`` allowed) as a
+    bool ``[vocab]`` tensor. Plain torch on purpose: ``llguidance.torch.apply_token_bitmask_inplace`` is
+    ``torch.compile``d, which costs about 10 s in the first call of every process on a CPU."""
+    import torch
+
+    shifts_32 = torch.arange(32, dtype=torch.int32)
+    bits_W_32 = (bitmask_W[:, None] >> shifts_32) & 1
+    return bits_W_32.flatten()[:vocab].bool()
 
 
 def llguidance_factory(constraint: Constraint, tokenizer: Any) -> GrammarLogitsProcessor:
