@@ -1,0 +1,253 @@
+"""The learner side of a GRPO + VED step: score tokens (no grad), then the loss and the update.
+
+Rows are rollouts ready for the loss: the student's token view, the teacher's view of the same
+conversation under the decision-guide system prompt (``None`` without a bundle), and the rollout's
+group advantage. Everything here is one model's numerics, so student, teacher, old and reference
+log-probs are comparable (DESIGN.md: the teacher pass runs in the learner, not the server).
+
+Order within ``Learner.step(rows)``:
+
+1. ``score``: old-policy log-probs of every row, teacher log-probs of the rows with a bundle, and
+   reference log-probs when the KL term is on (LoRA: the same weights with the adapter disabled;
+   full fine-tune: a frozen copy made at start). All no-grad, in micro-batches.
+2. ``update``: the rows are split into ``mini_batches`` shares, one optimizer step each; inside a
+   share, micro-batches accumulate gradients. Each micro-batch's loss is weighted so that the
+   accumulated gradient equals that of the share's loss computed at once: GRPO's "sequence mean of
+   token sums" by rows, VED's "mean over kept tokens" by kept tokens (how many a row keeps depends
+   only on its length, so the share's total is known before the first forward).
+With one mini-batch the policy being updated is the old policy, so the ratio is 1 and nothing is
+clipped; more mini-batches make the later ones off-policy, which the clip then bounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from genevolve.evolve import losses
+from genevolve.evolve.model import TrainModel
+from genevolve.evolve.rl_config import EvolveConfig
+from genevolve.evolve.tokens import TokenView, aligned_positions, collate, token_logps
+
+
+@dataclass
+class Row:
+    view: TokenView
+    teacher: TokenView | None
+    advantage: float
+
+
+@dataclass
+class Scored:
+    """Per-row no-grad log-probs, each ``[len(view)]`` in the student's layout (0 off the mask)."""
+
+    old: list[Any]
+    teacher: list[Any | None]
+    ref: list[Any | None]
+    seconds: dict[str, float]
+    disagreement: float | None = None  # mean |teacher - student| over the assistant tokens of rows with a bundle
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _pad(rows: Sequence[Any], t: int) -> Any:
+    import torch
+
+    out = torch.zeros((len(rows), t), dtype=torch.float32)
+    for b, x in enumerate(rows):
+        if x is not None:
+            out[b, : x.shape[0]] = x
+    return out
+
+
+class Learner:
+    """Owns the optimizer and schedule of an RL run over ``tm``'s trainable parameters."""
+
+    def __init__(self, tm: TrainModel, cfg: EvolveConfig) -> None:
+        import torch
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.tm, self.cfg = tm, cfg
+        params = tm.trainable_parameters()
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        updates = cfg.steps * cfg.mini_batches
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(cfg.warmup_frac * updates), updates)
+        if cfg.min_lr_frac:  # cosine to lr * min_lr_frac instead of 0
+            floor = cfg.min_lr_frac
+            base = self.scheduler.lr_lambdas[0]
+            self.scheduler.lr_lambdas = [lambda s: floor + (1 - floor) * base(s)]
+        self.reference = None
+        if cfg.kl_coef > 0 and not tm.is_lora:
+            self.reference = copy.deepcopy(tm.model).eval().requires_grad_(False)
+
+    # -- scoring ------------------------------------------------------------------------------------
+
+    def _logps(self, model: Any, views: Sequence[TokenView]) -> list[Any]:
+        import torch
+
+        out: list[Any] = []
+        with torch.no_grad():
+            for chunk in _chunks(len(views), self.cfg.micro_batch):
+                batch = collate([views[i] for i in chunk], self.tm.pad_id)
+                scored = token_logps(model, batch, temperature=self.cfg.temperature).cpu()
+                out += [scored[j, : len(views[i])] for j, i in enumerate(chunk)]
+        return out
+
+    def score(self, rows: Sequence[Row]) -> Scored:
+        import torch
+
+        model = self.tm.model
+        model.eval()
+        t0 = time.perf_counter()
+        old = self._logps(model, [r.view for r in rows])
+        t1 = time.perf_counter()
+        teacher: list[Any | None] = [None] * len(rows)
+        with_bundle = [i for i, r in enumerate(rows) if r.teacher is not None]
+        if with_bundle:
+            scored = self._logps(model, [rows[i].teacher for i in with_bundle])  # type: ignore[misc]
+            for i, t_logp in zip(with_bundle, scored, strict=True):
+                s_pos, t_pos = aligned_positions(rows[i].view, rows[i].teacher)  # type: ignore[arg-type]
+                row = torch.zeros(len(rows[i].view))
+                row[s_pos] = t_logp[t_pos]
+                teacher[i] = row
+        t2 = time.perf_counter()
+        gaps = [(teacher[i] - old[i]).abs()[torch.tensor(rows[i].view.mask, dtype=torch.bool)] for i in with_bundle]
+        disagreement = float(torch.cat(gaps).mean()) if gaps and sum(g.numel() for g in gaps) else None
+        ref: list[Any | None] = [None] * len(rows)
+        if self.cfg.kl_coef > 0:
+            if self.reference is not None:
+                ref = list(self._logps(self.reference, [r.view for r in rows]))
+            else:
+                with model.disable_adapter():
+                    ref = list(self._logps(model, [r.view for r in rows]))
+        return Scored(old, teacher, ref, {"old": t1 - t0, "teacher": t2 - t1, "reference": time.perf_counter() - t2},
+                      disagreement)
+
+    # -- the update ---------------------------------------------------------------------------------
+
+    def step(self, rows: Sequence[Row]) -> dict[str, Any]:
+        """Score, then update; returns the step's learner metrics."""
+        scored = self.score(rows)
+        metrics = self.update(rows, scored)
+        metrics["seconds"] = {**scored.seconds, **metrics.pop("seconds")}
+        metrics["teacher_student_gap"] = scored.disagreement
+        if scored.seconds["teacher"] and metrics["seconds"]["update"]:
+            metrics["teacher_cost_ratio"] = scored.seconds["teacher"] / metrics["seconds"]["update"]
+        return metrics
+
+    def update(self, rows: Sequence[Row], scored: Scored) -> dict[str, Any]:
+        import torch
+
+        cfg, model = self.cfg, self.tm.model
+        model.train()
+        sums = {"loss": 0.0, "grpo": 0.0, "ved": 0.0, "clip_low": 0.0, "clip_high": 0.0, "tokens": 0}
+        grad_norms: list[float] = []
+        t0 = time.perf_counter()
+        order = list(range(len(rows)))
+        shares = [order[i::cfg.mini_batches] for i in range(cfg.mini_batches)]
+        for share in (s for s in shares if s):
+            self.optimizer.zero_grad(set_to_none=True)
+            kept_total = sum(self._kept(rows[i], scored, i) for i in share)
+            for chunk in _chunks(len(share), cfg.micro_batch):
+                idx = [share[j] for j in chunk]
+                parts = self._micro_loss(rows, scored, idx, len(share), kept_total)
+                parts["loss"].backward()
+                for key in ("grpo", "ved", "clip_low", "clip_high"):
+                    sums[key] += float(parts[key])
+                sums["loss"] += float(parts["loss"].detach())
+                sums["tokens"] += int(parts["tokens"])
+            if cfg.max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(self.tm.trainable_parameters(), cfg.max_grad_norm)
+                grad_norms.append(float(norm))
+            self.optimizer.step()
+            self.scheduler.step()
+        model.eval()
+        seconds = time.perf_counter() - t0
+        n_shares = sum(1 for s in shares if s)
+        return {
+            "loss": sums["loss"] / n_shares, "grpo_loss": sums["grpo"] / n_shares, "ved_loss": sums["ved"] / n_shares,
+            "clip_frac_low": sums["clip_low"] / max(len(rows), 1), "clip_frac_high": sums["clip_high"] / max(len(rows), 1),
+            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
+            "lr": self.scheduler.get_last_lr()[0], "assistant_tokens": sums["tokens"],
+            "tokens_per_s": sums["tokens"] / seconds if seconds else 0.0,
+            "seconds": {"update": seconds},
+        }
+
+    def _kept(self, row: Row, scored: Scored, i: int) -> int:
+        """Tokens VED keeps in this row (0 without a bundle, or when VED is not the kl form)."""
+        if self.cfg.ved.form != "kl" or scored.teacher[i] is None:
+            return 0
+        import torch
+
+        mask = torch.tensor(row.view.mask)[None]
+        return int(losses.ved_selection(scored.old[i][None], scored.teacher[i][None], mask, self.cfg.ved.top_frac).sum())
+
+    def _micro_loss(self, rows: Sequence[Row], scored: Scored, idx: list[int], share_rows: int,
+                    kept_total: int) -> dict[str, Any]:
+        import torch
+
+        cfg, ved = self.cfg, self.cfg.ved
+        views = [rows[i].view for i in idx]
+        batch = collate(views, self.tm.pad_id)
+        t = batch.mask_B_T.shape[1]
+        logp_B_T = token_logps(self.tm.model, batch, temperature=cfg.temperature)
+        mask_B_T = batch.mask_B_T.to(logp_B_T.device).float()
+        old_B_T = _pad([scored.old[i] for i in idx], t).to(logp_B_T.device)
+        has_teacher_B = torch.tensor([scored.teacher[i] is not None for i in idx], device=logp_B_T.device)
+        teacher_B_T = _pad([scored.teacher[i] for i in idx], t).to(logp_B_T.device)
+        ved_mask_B_T = mask_B_T * has_teacher_B[:, None].float()
+        adv_B = torch.tensor([rows[i].advantage for i in idx], dtype=torch.float32, device=logp_B_T.device)
+        adv: Any = adv_B
+        if ved.form == "advantage":
+            adv = adv_B[:, None] + losses.distill_advantages(old_B_T, teacher_B_T, ved_mask_B_T, coef=ved.coef)
+        elif ved.form == "gated":
+            adv = adv_B[:, None] + losses.gated_distill_advantages(old_B_T, teacher_B_T, adv_B, ved_mask_B_T,
+                                                                   coef=ved.coef)
+        ref_B_T = None
+        if cfg.kl_coef > 0:
+            ref_B_T = _pad([scored.ref[i] for i in idx], t).to(logp_B_T.device)
+        grpo = losses.grpo_loss(logp_B_T, old_B_T, adv, mask_B_T, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                                ref_logp=ref_B_T, kl_coef=cfg.kl_coef) * (len(idx) / share_rows)
+        loss = grpo
+        ved_part = torch.zeros((), device=logp_B_T.device)
+        if ved.form == "kl" and ved.lam > 0 and kept_total > 0:
+            kept_here = int(losses.ved_selection(logp_B_T, teacher_B_T, ved_mask_B_T, ved.top_frac).sum())
+            if kept_here:
+                ved_part = losses.ved_loss(logp_B_T, teacher_B_T, old_B_T, ved_mask_B_T, top_frac=ved.top_frac,
+                                           rho_max=ved.rho_max, clamp=ved.clamp,
+                                           token_cap=ved.token_cap) * (kept_here / kept_total)
+                loss = loss + ved.lam * ved_part
+        fractions = losses.grpo_clip_fractions(logp_B_T, old_B_T, adv, mask_B_T, clip_low=cfg.clip_low,
+                                               clip_high=cfg.clip_high)
+        return {"loss": loss, "grpo": grpo.detach(), "ved": ved_part.detach(),
+                "clip_low": fractions["low"] * len(idx), "clip_high": fractions["high"] * len(idx),
+                "tokens": int(mask_B_T.sum())}
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        trainable = {n: p.detach().cpu() for n, p in self.tm.model.named_parameters() if p.requires_grad}
+        return {"trainable": trainable, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        params = dict(self.tm.model.named_parameters())
+        missing = [n for n in state["trainable"] if n not in params]
+        if missing:
+            raise ValueError(f"checkpoint holds parameters this model lacks: {missing[:3]}...")
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value.to(params[name].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,377 @@
+"""The RL loop of ``genevolve evolve``: GRPO with Visual Experience Distillation (METHOD.md sections 3-4).
+
+One step, in ``EvolveRun.step``::
+
+    sample   K rollouts for each of the step's requests: rendered, judged, rewarded (evolve.groups)
+    select   best/worst pair per group (gap >= 0.20, worst not a protocol failure, at most 8)
+    extract  one experience bundle per pair, added to the memory (experience.jsonl)
+    score    student views of every rollout; teacher views (guide in the system prompt) for rollouts
+             whose request finds a bundle above the cosine gate; old/teacher/reference log-probs
+    loss     group advantages, GRPO surrogate (+ lambda * VED, or the advantage forms)
+    update   optimizer step(s), then metrics.jsonl (+ TensorBoard) and, every N steps, a checkpoint
+
+Run folder (DESIGN.md "Runs on disk"): config.yaml, trajectories.jsonl (one Rollout a line),
+images/step_NNNNNN/, experience.jsonl, metrics.jsonl, tensorboard/, checkpoints/step_NNNNNN/
+(learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
+Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
+jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
+request, sample), so a redone step samples what the lost one would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genevolve.evolve.groups import GroupSampler, Task
+from genevolve.evolve.rl_config import EvolveFile
+from genevolve.evolve.rollout import Rollout
+from genevolve.types import write_text_atomic
+
+CHECKPOINT_DONE = "complete.json"
+
+
+# -- step-tagged jsonl files ---------------------------------------------------------------------------
+
+
+def append_line(path: Path, record: dict[str, Any] | str) -> None:
+    """One record, flushed and fsynced before returning."""
+    line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False, default=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line.rstrip("\n") + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def keep_steps(path: Path, last_step: int) -> int:
+    """Rewrite ``path`` keeping the records of steps <= ``last_step`` (and dropping a torn last line);
+    returns how many lines were removed."""
+    if not path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            removed += 1
+            continue
+        if step <= last_step:
+            kept.append(line)
+        else:
+            removed += 1
+    if removed:
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return removed
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    step: int
+    metrics: dict[str, Any]
+    rollouts: list[Rollout]
+
+
+class EvolveRun:
+    """Builds every piece from an ``EvolveFile`` and runs steps. ``config_dir`` resolves a relative env path."""
+
+    def __init__(self, cfg: EvolveFile, *, config_dir: Path | None = None, progress: bool = True) -> None:
+        from genevolve.bench.datasets import load_dataset
+        from genevolve.evolve.extractors import EXTRACTORS
+        from genevolve.evolve.learner import Learner
+        from genevolve.evolve.memory import ExperienceMemory, sentence_embedder
+        from genevolve.evolve.model import load_model
+        from genevolve.evolve.tokens import ChatEncoder
+        from genevolve.registry import build
+
+        self.cfg, self.ev = cfg, cfg.evolve
+        self.out = Path(self.ev.out)
+        self.progress = progress
+        env = cfg.run_config(config_dir)
+        items = load_dataset(self.ev.data).items
+        self.tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in items if i.gt_image]
+        if len(self.tasks) < self.ev.requests_per_step:
+            raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
+                             f"{self.ev.requests_per_step}")
+        self.tm = load_model(cfg.model)
+        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor)
+        self.agent = self._agent(env)
+        self.sampler = GroupSampler(
+            agent=self.agent, renderer=_build_renderer(env), judge=_build_judge(env),
+            program_judge=_build_program_judge(self.ev), k=self.ev.k, alpha=self.ev.alpha,
+            concurrency=self.ev.concurrency, images_dir=self.out / "images", base_seed=self.ev.seed)
+        ex = self.ev.experience
+        self.extractor = build(EXTRACTORS, ex.extractor.kind, "extractor", **ex.extractor.options)
+        self.memory = ExperienceMemory(
+            self.out / "experience.jsonl", capacity=ex.capacity, threshold=ex.threshold, policy=ex.visibility,
+            embed=sentence_embedder(ex.embedder))
+        self.learner = Learner(self.tm, self.ev)
+        self._writer: Any = None
+
+    def _agent(self, env: Any) -> Any:
+        from genevolve.agent import Agent
+        from genevolve.policy.hf import HFPolicy
+        from genevolve.tools import build_tools
+
+        agent_cfg = env.agent.model_copy(deep=True)
+        sampling = agent_cfg.sampling.model_copy(update={
+            "temperature": self.ev.temperature, "top_p": self.ev.top_p,
+            **({"max_tokens": self.ev.max_new_tokens} if self.ev.max_new_tokens else {})})
+        agent_cfg.sampling = sampling
+        factory = None
+        if agent_cfg.structured_decoding:
+            from genevolve.policy.guided import llguidance_factory
+
+            factory = llguidance_factory
+        policy = HFPolicy.from_objects(self.tm.model, self.tm.tokenizer, self.tm.processor, name="hf:learner",
+                                       logits_processor_factory=factory)
+        if self.ev.think_max_chars is not None:
+            policy.think_max_chars = self.ev.think_max_chars  # read by the agent's grammar
+        tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
+                            download=env.download)
+        return Agent(policy, tools, agent_cfg)
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    def tasks_for(self, step: int) -> list[Task]:
+        """The step's requests: passes over the shuffled data (a fresh seeded order per pass)."""
+        n, per = len(self.tasks), self.ev.requests_per_step
+        out: list[Task] = []
+        start = step * per
+        for position in range(start, start + per):
+            epoch, offset = divmod(position, n)
+            order = list(range(n))
+            random.Random(f"{self.ev.seed}|epoch|{epoch}").shuffle(order)
+            out.append(self.tasks[order[offset]])
+        return out
+
+    def step(self, step: int) -> StepResult:
+        from genevolve.evolve.experience import select_pairs
+
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        self.tm.model.eval()
+        groups = asyncio.run(self.sampler.sample(self.tasks_for(step), step=step))
+        rollouts = [r for g in groups for r in g]
+        seconds["sample"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        selection = select_pairs(groups, min_gap=self.ev.experience.min_gap, max_pairs=self.ev.experience.max_pairs)
+        seconds["select"] = time.perf_counter() - t
+        t = time.perf_counter()
+        bundles = asyncio.run(self._extract(selection.pairs, step))
+        for bundle in bundles:
+            self.memory.add(bundle)
+        seconds["extract"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        rows, info = self._rows(groups, step)
+        seconds["views"] = time.perf_counter() - t
+        learned: dict[str, Any] = {"seconds": {}}
+        if rows:
+            learned = self.learner.step(rows)
+        seconds.update(learned.pop("seconds"))
+        metrics = {"step": step, **_reward_metrics(rollouts), "pairs": len(selection.pairs),
+                   "pairs_skipped": selection.skipped, "bundles_added": len(bundles), "memory": self.memory.stats(),
+                   **info, **learned, "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                   "peak_rss_mb": _peak_rss_mb()}
+        return StepResult(step, metrics, rollouts)
+
+    async def _extract(self, pairs: list[Any], step: int) -> list[Any]:
+        from genevolve.evolve.extractors import ExtractionError
+
+        bundles = []
+        for pair in pairs:
+            try:
+                bundles.append(await self.extractor.aextract(pair.best, pair.worst, step=step))
+            except ExtractionError as exc:  # one lost lesson, not a lost step
+                print(f"step {step}: extraction failed for {pair.best.request_id}: {exc}")
+        return bundles
+
+    def _rows(self, groups: list[list[Rollout]], step: int) -> tuple[list[Any], dict[str, Any]]:
+        import torch
+
+        from genevolve.evolve.learner import Row
+        from genevolve.evolve.losses import group_advantages
+        from genevolve.evolve.tokens import TokenViewError
+
+        requests = [g[0].request for g in groups]
+        matches = self.memory.lookup_many(requests, step=step)
+        rows, skipped = [], 0
+        for group, match in zip(groups, matches, strict=True):
+            advantages = group_advantages(torch.tensor([r.reward.value for r in group]))
+            guide = None if match is None else self.agent.system_prompt_with(match.bundle.to_guide())
+            for rollout, adv in zip(group, advantages.tolist(), strict=True):
+                try:
+                    view = self.encoder.view(rollout.trajectory)
+                    teacher = None if guide is None else self.encoder.view(rollout.trajectory, system=guide)
+                except TokenViewError:
+                    skipped += 1  # e.g. a policy error before the first assistant turn
+                    continue
+                rows.append(Row(view, teacher, adv))
+        with_bundle = sum(1 for r in rows if r.teacher is not None)
+        info = {"rows": len(rows), "rows_skipped": skipped, "bundle_fraction": with_bundle / len(rows) if rows else 0.0,
+                "bundle_cosines": [round(m.cosine, 3) for m in matches if m is not None]}
+        return rows, info
+
+    # -- the whole run -------------------------------------------------------------------------------
+
+    def run(self, steps: int | None = None) -> list[dict[str, Any]]:
+        """Run (or resume) up to ``steps`` steps (default: the config's); returns this call's metrics."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        start = self.resume()
+        total = steps if steps is not None else self.ev.steps
+        done: list[dict[str, Any]] = []
+        for step in range(start, total):
+            result = self.step(step)
+            for rollout in result.rollouts:
+                append_line(self.out / "trajectories.jsonl", rollout.to_json())
+            append_line(self.out / "metrics.jsonl", result.metrics)
+            self._tensorboard(result.metrics)
+            done.append(result.metrics)
+            if self.progress:
+                print(_one_line(result.metrics), flush=True)
+            if (step + 1) % self.ev.save_every == 0 or step + 1 == total:
+                self.save(step)
+        return done
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint (if any), drop later records; the next step to run."""
+        import torch
+
+        last = latest_checkpoint(self.out)
+        last_step = -1
+        if last is not None:
+            state = torch.load(last / "learner.pt", map_location="cpu", weights_only=False)
+            self.learner.load_state_dict(state["learner"])
+            random.setstate(state["python_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            last_step = int(state["step"])
+        for name in ("trajectories.jsonl", "metrics.jsonl"):
+            keep_steps(self.out / name, last_step)
+        self.memory.discard_after(last_step)
+        for stale in sorted((self.out / "images").glob("step_*")) if (self.out / "images").is_dir() else []:
+            if int(stale.name.split("_")[1]) > last_step:
+                shutil.rmtree(stale)
+        return last_step + 1
+
+    def save(self, step: int) -> Path:
+        """A checkpoint of ``step``; it counts only once ``complete.json`` is written (last)."""
+        import torch
+
+        from genevolve.evolve.model import save_model
+
+        folder = self.out / "checkpoints" / f"step_{step:06d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        torch.save({"step": step, "learner": self.learner.state_dict(), "python_rng": random.getstate(),
+                    "torch_rng": torch.get_rng_state()}, folder / "learner.pt")
+        save_model(self.tm, folder / "model")
+        write_text_atomic(folder / CHECKPOINT_DONE, json.dumps({"step": step, "time": time.time()}))
+        complete = sorted(p for p in folder.parent.glob("step_*") if (p / CHECKPOINT_DONE).is_file())
+        for old in complete[: -self.ev.keep_checkpoints]:
+            shutil.rmtree(old)
+        return folder
+
+    def _tensorboard(self, metrics: dict[str, Any]) -> None:
+        if not self.ev.tensorboard:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is not installed: metrics.jsonl has everything
+                self.ev.tensorboard = False
+                return
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        for key, value in _flat(metrics).items():
+            if isinstance(value, int | float) and key != "step":
+                self._writer.add_scalar(key, value, metrics["step"])
+        self._writer.flush()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folders = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / CHECKPOINT_DONE).is_file())
+    return folders[-1] if folders else None
+
+
+# -- builders and metrics -----------------------------------------------------------------------------
+
+
+def _build_renderer(env: Any) -> Any:
+    from genevolve.config import build_renderer
+
+    return build_renderer(env)
+
+
+def _build_judge(env: Any) -> Any:
+    from genevolve.config import build_judge
+
+    return build_judge(env)
+
+
+def _build_program_judge(ev: Any) -> Any:
+    if ev.program_judge is None:
+        if ev.alpha > 0:
+            raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
+                             "(or alpha: 0 for an image-only reward)")
+        return None
+    from genevolve.judge import JUDGES
+    from genevolve.registry import build
+
+    return build(JUDGES, ev.program_judge.kind, "program judge", **ev.program_judge.options)
+
+
+def _reward_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
+    from statistics import fmean, pstdev
+
+    from genevolve.reward import count_failures
+
+    values = [r.reward.value for r in rollouts]
+    scores = [r.image_score for r in rollouts if r.image_score is not None]
+    dims: dict[str, float | None] = {}
+    for dim in ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics", "overall"):
+        xs = [getattr(s, dim) for s in scores if getattr(s, dim) is not None]
+        dims[dim] = fmean(xs) if xs else None
+    programs = [r.program_score for r in rollouts if r.program_score is not None]
+    return {"reward": fmean(values) if values else 0.0, "reward_std": pstdev(values) if len(values) > 1 else 0.0,
+            "reward_max": max(values, default=0.0), "rubric": dims,
+            "program_score": fmean(programs) if programs else None, "rollouts": len(rollouts),
+            "failures": count_failures(r.reward for r in rollouts)}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one_line(m: dict[str, Any]) -> str:
+    s = m.get("seconds", {})
+    return (f"step {m['step']:>4}  reward {m['reward']:.3f} (max {m['reward_max']:.2f})  pairs {m['pairs']}  "
+            f"bundles {m.get('bundle_fraction', 0):.0%}  grpo {m.get('grpo_loss', 0):+.4f}  "
+            f"ved {m.get('ved_loss', 0):.4f}  sample {s.get('sample', 0):.0f}s  update {s.get('update', 0):.1f}s")

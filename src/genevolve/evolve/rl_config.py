@@ -1,0 +1,124 @@
+"""Typed YAML for ``genevolve evolve --config``: ``model`` (as for SFT), ``env`` and ``evolve``.
+
+Defaults are the paper's (METHOD.md sections 3-4): K = 6 rollouts for each of 8 requests per step,
+reward alpha 0.5, actor lr 1e-6 with a cosine schedule and no warm-up, clip 0.20 / 0.28, KL off
+(the paper's optional beta is 1e-3), lambda_VED 2.0 on the top 10 % tokens, rho capped at 2.0, l
+clamped to 10, gap 0.20, at most 8 pairs a step, memory of 500 with a 0.84 cosine gate.
+Sampling during RL: temperature 0.7, top-p 0.95.
+
+Example (the CPU world; see ``configs/world-tiny.yaml`` and docs/training.md)::
+
+    model: {path: runs/sft-tiny/final}
+    env: runs/world/config.yaml          # tools, renderer, judge: a RunConfig file (its policy is ignored)
+    evolve:
+      data: runs/world/rl.jsonl
+      out: runs/evolve-tiny
+      program_judge: {kind: world-sufficiency, world: runs/world}
+      steps: 30
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from genevolve.config import BackendSpec, RunConfig, load_config
+from genevolve.evolve.train_config import ModelSpec, _Section, read_yaml
+from genevolve.registry import ConfigError
+
+
+class VEDConfig(_Section):
+    """How the teacher's signal enters the loss (METHOD.md section 4)."""
+
+    form: Literal["kl", "advantage", "gated", "none"] = Field(
+        "kl", description="kl: the paper's L_GRPO + lambda * L_VED; advantage: (teacher - student) added to "
+                          "each token's advantage; gated: a bounded, sign-gated version of it; none: plain GRPO")
+    lam: float = Field(2.0, ge=0, description="lambda_VED, the weight of L_VED (form kl)")
+    top_frac: float = Field(0.1, gt=0, le=1, description="tokens kept per row by |teacher - student|")
+    rho_max: float = Field(2.0, gt=0, description="cap of the importance weight rho")
+    clamp: float = Field(10.0, gt=0, description="clamp of l = student - teacher")
+    token_cap: float | None = Field(None, gt=0, description="cap of each token's rho * k3 (c_tok; unset in the paper)")
+    coef: float = Field(1.0, ge=0, description="scale of the per-token advantage (forms advantage and gated)")
+
+
+class ExperienceConfig(_Section):
+    """Pair selection, extraction and memory (METHOD.md section 3)."""
+
+    extractor: BackendSpec = Field(default_factory=lambda: BackendSpec(kind="rules"),
+                                   description="rules (offline) or llm (kind: llm, model, base_url, api_key_env, ...)")
+    min_gap: float = Field(0.20, ge=0, description="least best-worst reward gap for a pair")
+    max_pairs: int = Field(8, ge=0, description="most pairs (bundles) per step")
+    capacity: int = Field(500, ge=1, description="memory size in bundles")
+    threshold: float = Field(0.84, ge=-1, le=1, description="least cosine for a bundle to reach the teacher")
+    visibility: Literal["same_step", "earlier_steps"] = Field(
+        "same_step", description="whether a step's teacher sees bundles extracted in that same step")
+    embedder: str | None = Field(None, description="sentence-transformers model for memory keys; null: MiniLM (offline)")
+
+
+class EvolveConfig(_Section):
+    """The RL loop: sample -> score -> select -> extract -> score tokens -> loss -> update."""
+
+    data: str = Field(description="training requests with GT images (GenEvolve-Bench/RL rows, e.g. a world's rl.jsonl)")
+    out: str = Field("runs/evolve", description="run folder: config, trajectories, images, experience, metrics, checkpoints")
+    program_judge: BackendSpec | None = Field(
+        None, description="program-sufficiency judge (kind: sufficiency, or world-sufficiency); needed when alpha > 0")
+    steps: int = Field(200, ge=1, description="optimizer steps (the paper: about 200)")
+    requests_per_step: int = Field(8, ge=1)
+    k: int = Field(6, ge=2, description="rollouts per request")
+    alpha: float = Field(0.5, ge=0, le=1, description="reward weight of the program score")
+    lr: float = Field(1e-6, gt=0, description="actor learning rate (cosine decay, no warm-up)")
+    warmup_frac: float = Field(0.0, ge=0, lt=1)
+    min_lr_frac: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0)
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference policy (paper option: 1e-3)")
+    mini_batches: int = Field(1, ge=1, description="optimizer updates per step, each on a share of the rollouts")
+    micro_batch: int = Field(2, ge=1, description="sequences per forward pass (gradient accumulation inside an update)")
+    temperature: float = Field(0.7, gt=0, description="rollout sampling temperature (log-probs use the same)")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=16, description="per policy call; null: the env's agent setting")
+    think_max_chars: int | None = Field(None, ge=1, description="with structured decoding: the grammar's bound on "
+                                                                "<think> text; null: the grammar's default (400)")
+    concurrency: int = Field(4, ge=1, description="rollouts in flight at once")
+    ved: VEDConfig = Field(default_factory=VEDConfig)
+    experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
+    save_every: int = Field(10, ge=1, description="steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    tensorboard: bool = Field(True, description="also write TensorBoard scalars (needs the tensorboard package)")
+    seed: int = Field(0, description="request order, rollout seeds")
+
+
+class EvolveFile(_Section):
+    """A ``genevolve evolve --config`` file."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    env: str | dict[str, Any] = Field(default_factory=dict, description="a RunConfig (path or mapping): tools, "
+                                                                        "renderer, judge, agent budgets")
+    evolve: EvolveConfig
+
+    def run_config(self, base: Path | None = None) -> RunConfig:
+        """The environment as a RunConfig; a relative ``env`` path is read relative to ``base``."""
+        if isinstance(self.env, str):
+            path = Path(self.env)
+            if base is not None and not path.is_absolute() and not path.exists():
+                path = base / path
+            cfg = load_config(path)
+        else:
+            cfg = load_config(None, self.env)
+        if cfg.renderer is None or cfg.judge is None:
+            raise ConfigError("evolve needs a renderer and a judge in `env` (the reward renders and judges every rollout)")
+        return cfg
+
+
+def load_evolve_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvolveFile:
+    data = read_yaml(path)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return EvolveFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid evolve config {path}: {exc}") from exc
