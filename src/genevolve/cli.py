@@ -261,6 +261,34 @@ def sft(
 
 
 @app.command()
+def evolve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with `model`, `env` and `evolve` sections (see genevolve.evolve.rl_config)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (overrides evolve.out); rerunning resumes it")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="total steps (overrides evolve.steps)")] = None,
+) -> None:
+    """Self-evolution: GRPO with Visual Experience Distillation on rollout groups.
+
+    Each step samples K rollouts per request, renders and judges them, contrasts the best and worst into
+    experience bundles, re-scores the student's tokens under the teacher's decision guide and updates the
+    policy. Writes OUT/metrics.jsonl, trajectories.jsonl, experience.jsonl, images/ and checkpoints/;
+    rerunning the same command resumes from the newest checkpoint."""
+    from genevolve.evolve.loop import EvolveRun
+    from genevolve.evolve.rl_config import load_evolve_config
+
+    overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
+    try:
+        cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
+        run = EvolveRun(cfg, config_dir=config.parent)
+        done = run.run()
+    except (ConfigError, MissingDependency, ValueError) as exc:
+        _fail(str(exc))
+    if done:
+        console.print(f"{len(done)} steps run, last reward {done[-1]['reward']:.3f}; see {cfg.evolve.out}/metrics.jsonl")
+    else:
+        console.print(f"nothing to do: {cfg.evolve.out} already holds {cfg.evolve.steps} steps")
+
+
+@app.command()
 def doctor() -> None:
     """Say which backends are usable on this machine, and why not."""
     from rich.table import Table
