@@ -20,7 +20,7 @@ from genevolve.evolve.train_config import ModelSpec, SFTFile  # noqa: E402
 from genevolve.policy.base import Sampling  # noqa: E402
 from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.registry import ConfigError  # noqa: E402
-from tests.test_policy_hf import make_llama, make_tokenizer  # noqa: E402
+from tests.test_policy_hf import llava, make_llama, make_tokenizer  # noqa: E402, F401
 
 TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512}
@@ -217,3 +217,29 @@ def test_cli_sft(tmp_path, tok_dir, data):
     assert "2 steps" in result.output and (out / "final" / "model.json").is_file()
     result = CliRunner().invoke(app, ["sft", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+
+
+def test_vlm_sft_sees_images_and_keeps_the_vision_tower_frozen(tmp_path, llava):  # noqa: F811
+    from PIL import Image
+
+    model, processor = llava
+    model.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    rows = []
+    for i, colour in enumerate(((200, 80, 0), (0, 0, 255), (0, 160, 0))):
+        Image.new("RGB", (40, 30), colour).save(tmp_path / "data" / "images" / f"{i}.png")
+        r = row(SUBJECTS[i])
+        r["messages"][3]["content"] = "<tool_response>\nIMG_001: fox\n<image>\n</tool_response>"
+        r["images"] = [f"images/{i}.png"]
+        rows.append(json.dumps(r))
+    (tmp_path / "data" / "sft.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    run_sft(config(out, tmp_path / "data" / "sft.jsonl", {"path": str(tmp_path / "vlm")}, max_steps=2, eval_frac=0.0),
+            progress=False)
+    trained = dict(transformers.LlavaForConditionalGeneration.from_pretrained(out / "final").named_parameters())
+    before = dict(model.named_parameters())
+    vision = [n for n in before if ".vision_tower." in f".{n}"]
+    assert vision and all(torch.equal(trained[n], before[n]) for n in vision)
+    language = [n for n in before if "language_model" in n]
+    assert language and all(not torch.equal(trained[n], before[n]) for n in language if n.endswith("q_proj.weight"))
