@@ -105,7 +105,7 @@ class EvolveRun:
         if len(self.tasks) < self.ev.requests_per_step:
             raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
                              f"{self.ev.requests_per_step}")
-        self.tm = load_model(cfg.model)
+        self.tm = load_model(cfg.model_spec())
         self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor)
         self.agent = self._agent(env)
         self.sampler = GroupSampler(

@@ -19,6 +19,7 @@ Example (the CPU world; see ``configs/world-tiny.yaml`` and docs/training.md)::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ class EvolveConfig(_Section):
     """The RL loop: sample -> score -> select -> extract -> score tokens -> loss -> update."""
 
     data: str = Field(description="training requests with GT images (GenEvolve-Bench/RL rows, e.g. a world's rl.jsonl)")
+    init_from: str | None = Field(None, description="a folder written by `genevolve sft` (its final/ or a checkpoint's "
+                                                    "model/): the policy starts from it, full model or LoRA adapter")
     out: str = Field("runs/evolve", description="run folder: config, trajectories, images, experience, metrics, checkpoints")
     program_judge: BackendSpec | None = Field(
         None, description="program-sufficiency judge (kind: sufficiency, or world-sufficiency); needed when alpha > 0")
@@ -100,6 +103,20 @@ class EvolveFile(_Section):
                                                                         "renderer, judge, agent budgets")
     evolve: EvolveConfig
 
+    def model_spec(self) -> ModelSpec:
+        """``model``, or where ``evolve.init_from`` is set, the model that SFT wrote there."""
+        if self.evolve.init_from is None:
+            return self.model
+        folder = Path(self.evolve.init_from)
+        info_path = folder / "model.json"
+        if not info_path.is_file():
+            raise ConfigError(f"evolve.init_from: {folder} holds no model.json (expected a `genevolve sft` output "
+                              "folder such as OUT/final); run the SFT stage first")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("kind") == "lora":
+            return self.model.model_copy(update={"adapter": str(folder), "lora": None})
+        return self.model.model_copy(update={"path": str(folder), "from_config": None, "adapter": None})
+
     def run_config(self, base: Path | None = None) -> RunConfig:
         """The environment as a RunConfig; a relative ``env`` path is read relative to ``base``."""
         if isinstance(self.env, str):
@@ -116,6 +133,7 @@ class EvolveFile(_Section):
 
 def load_evolve_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvolveFile:
     data = read_yaml(path)
+    data.pop("sft", None)  # one file may configure both stages (configs/world-tiny.yaml)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     try:

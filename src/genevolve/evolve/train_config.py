@@ -106,6 +106,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTFile:
     """Read an SFT config; ``overrides`` (e.g. ``{"sft": {"out": ...}}``) replace keys of its sections."""
     data = read_yaml(path)
+    for section in ("env", "evolve"):  # one file may configure both stages (configs/world-tiny.yaml)
+        data.pop(section, None)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     try:
