@@ -99,8 +99,9 @@ class EvolveFile(_Section):
     """A ``genevolve evolve --config`` file."""
 
     model: ModelSpec = Field(default_factory=ModelSpec)
-    env: str | dict[str, Any] = Field(default_factory=dict, description="a RunConfig (path or mapping): tools, "
-                                                                        "renderer, judge, agent budgets")
+    env: str | dict[str, Any] = Field(default_factory=dict, description="a RunConfig: tools, renderer, judge, agent "
+                                                                        "budgets; a path, a mapping, or a mapping with "
+                                                                        "`from: PATH` whose other keys override that file")
     evolve: EvolveConfig
 
     def model_spec(self) -> ModelSpec:
@@ -119,13 +120,14 @@ class EvolveFile(_Section):
 
     def run_config(self, base: Path | None = None) -> RunConfig:
         """The environment as a RunConfig; a relative ``env`` path is read relative to ``base``."""
-        if isinstance(self.env, str):
-            path = Path(self.env)
+        env = {"from": self.env} if isinstance(self.env, str) else dict(self.env)
+        source = env.pop("from", None)
+        path = None
+        if source is not None:
+            path = Path(source)
             if base is not None and not path.is_absolute() and not path.exists():
                 path = base / path
-            cfg = load_config(path)
-        else:
-            cfg = load_config(None, self.env)
+        cfg = load_config(path, env)
         if cfg.renderer is None or cfg.judge is None:
             raise ConfigError("evolve needs a renderer and a judge in `env` (the reward renders and judges every rollout)")
         return cfg
