@@ -7,6 +7,7 @@ JUDGES: dict[str, str] = {
     "rubric": "genevolve.judge.rubric:RubricJudge",
     "sufficiency": "genevolve.judge.sufficiency:SufficiencyJudge",
     "world": "genevolve.world.judge:WorldJudge",
+    "world-sufficiency": "genevolve.world.judge:WorldSufficiencyJudge",
 }
 
 __all__ = ["JUDGES", "Judge", "Score", "overall"]
