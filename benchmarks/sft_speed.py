@@ -57,7 +57,7 @@ def main() -> None:
         print(f"{name:13s} {statistics.median(per_step):6.2f} s/step (median of {len(per_step)}), "
               f"{args.grad_accum} sequences/step, {tokens:.0f} assistant tokens/step, "
               f"{tokens / statistics.median(per_step):6.1f} assistant tok/s; whole run {total:.1f} s "
-              f"(load, views, save); peak RSS {rss:.0f} MB")
+              f"(load, views, save); peak RSS {rss:.0f} MB", flush=True)
 
 
 if __name__ == "__main__":
