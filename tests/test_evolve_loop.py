@@ -157,3 +157,39 @@ def test_keep_steps_drops_later_steps_and_torn_lines(tmp_path):
 def test_alpha_without_program_judge_is_a_clear_error(tmp_path, tok_dir):
     with pytest.raises(ValueError, match="program_judge"):
         EvolveRun(make_config(tmp_path, tok_dir, tmp_path / "x", alpha=0.5), progress=False)
+
+
+def test_server_rollouts_publish_each_adapter_and_switch_model(tmp_path, tok_dir):
+    """Rollouts from an OpenAI-compatible server (loopback), the learner's LoRA adapter published to it
+    after every step (vLLM's runtime LoRA routes), and the next step's chat requests naming it."""
+    from genevolve.protocol import ToolCall, format_turn
+    from tests.loopback_http import LoopbackServer, send_json
+    from tests.test_evolve_lora_sync import FakeLoraServer
+
+    def chat(h, request):
+        body = request.json()
+        called = any(m["role"] == "user" and "<tool_response>" in str(m["content"]) for m in body["messages"])
+        content = (format_turn("pick", answer={"gen_prompt": "A red apple from the first reference image on the left.",
+                                               "reference_images": [{"img_id": "IMG_001", "note": "apple"}]})
+                   if called else format_turn("look", tool_call=ToolCall("image_search", {"query": "apple"})))
+        send_json(h, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                   "finish_reason": "stop"}]})
+
+    lora = FakeLoraServer()
+    with LoopbackServer() as srv:
+        srv.routes.update(lora.routes)
+        srv.routes["/v1/chat/completions"] = chat
+        base = srv.url("").rstrip("/")
+        cfg = make_config(tmp_path, tok_dir, tmp_path / "server", steps=2, mini_batches=1, rollout={
+            "backend": "server", "lora_sync": {"servers": [base], "backoff_base": 0.01}})
+        cfg.env["policy"] = {"kind": "openai", "model": "base", "base_url": f"{base}/v1", "api_key_env": None,
+                             "structured": "none"}
+        cfg.env["agent"]["structured_decoding"] = False
+        cfg.model.lora = {"r": 4, "alpha": 8.0}
+        metrics = EvolveRun(EvolveFile.model_validate(cfg.model_dump()), progress=False).run()
+        models = [r.json()["model"] for r in srv.requests if r.path == "/v1/chat/completions"]
+    assert [m["step"] for m in metrics] == [0, 1] and all(m["failures"] == {} for m in metrics)
+    assert models[0] == "policy-step-000000" and models[-1] == "policy-step-000001"
+    assert list(lora.loaded) == ["policy-step-000001"]  # the previous adapter was unloaded
+    assert (tmp_path / "server" / "adapters" / "step_000001" / "adapter_config.json").is_file()

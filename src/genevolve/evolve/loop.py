@@ -107,11 +107,16 @@ class EvolveRun:
                              f"{self.ev.requests_per_step}")
         self.tm = load_model(cfg.model_spec())
         self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor)
-        self.agent = self._agent(env)
-        self.sampler = GroupSampler(
-            agent=self.agent, renderer=_build_renderer(env), judge=_build_judge(env),
-            program_judge=_build_program_judge(self.ev), k=self.ev.k, alpha=self.ev.alpha,
-            concurrency=self.ev.concurrency, images_dir=self.out / "images", base_seed=self.ev.seed)
+        self.agent = self._agent(env)  # the learner-side agent: its system prompt is the teacher's base
+        self.pool: Any = None
+        self.lora_sync: Any = None
+        if self.ev.rollout.backend == "server":
+            self._server_rollouts(env)
+        else:
+            self.sampler = GroupSampler(
+                agent=self.agent, renderer=_build_renderer(env), judge=_build_judge(env),
+                program_judge=_build_program_judge(self.ev), k=self.ev.k, alpha=self.ev.alpha,
+                concurrency=self.ev.concurrency, images_dir=self.out / "images", base_seed=self.ev.seed)
         ex = self.ev.experience
         self.extractor = build(EXTRACTORS, ex.extractor.kind, "extractor", **ex.extractor.options)
         self.memory = ExperienceMemory(
@@ -143,6 +148,43 @@ class EvolveRun:
                             download=env.download)
         return Agent(policy, tools, agent_cfg)
 
+    def _server_rollouts(self, env: Any) -> None:
+        from genevolve.evolve.lora_sync import LoraSync
+        from genevolve.evolve.workers import EnvSpec, RolloutPool
+
+        if env.policy is None or env.policy.kind != "openai":
+            raise ValueError("rollout.backend 'server' needs env.policy of kind 'openai' pointed at the inference "
+                             "server (vLLM or SGLang)")
+        if self.ev.alpha > 0 and self.ev.program_judge is None:
+            _build_program_judge(self.ev)  # raises the clear error
+        agent = env.agent.model_copy(deep=True)
+        agent.sampling = agent.sampling.model_copy(update={"temperature": self.ev.temperature, "top_p": self.ev.top_p})
+        spec = EnvSpec.from_run_config(
+            env.model_copy(update={"agent": agent}), program_judge=self.ev.program_judge, k=self.ev.k,
+            alpha=self.ev.alpha, concurrency=self.ev.concurrency, images_dir=str(self.out / "images"),
+            base_seed=self.ev.seed)
+        self.pool = RolloutPool(spec, self.ev.rollout.pool)
+        if self.ev.rollout.lora_sync is not None:
+            if not self.tm.is_lora:
+                raise ValueError("rollout.lora_sync publishes a LoRA adapter: set model.lora (or evolve.init_from "
+                                 "an SFT adapter)")
+            self.lora_sync = LoraSync(self.ev.rollout.lora_sync)
+
+    def _publish(self, step: int) -> None:
+        """Serve the current adapter for the rollouts of ``step`` (server rollouts with lora_sync only)."""
+        if self.lora_sync is None:
+            return
+        from genevolve.evolve.lora_sync import save_adapter
+
+        folder = save_adapter(self.tm.model, self.out / "adapters", step=step)
+        self.pool.set_model(self.lora_sync.publish(folder, step=step))
+
+    def _sample(self, step: int) -> list[list[Rollout]]:
+        if self.pool is not None:
+            return self.pool.sample(self.tasks_for(step), step=step)
+        self.tm.model.eval()
+        return asyncio.run(self.sampler.sample(self.tasks_for(step), step=step))
+
     # -- steps -------------------------------------------------------------------------------------------
 
     def tasks_for(self, step: int) -> list[Task]:
@@ -162,8 +204,7 @@ class EvolveRun:
 
         seconds: dict[str, float] = {}
         t = time.perf_counter()
-        self.tm.model.eval()
-        groups = asyncio.run(self.sampler.sample(self.tasks_for(step), step=step))
+        groups = self._sample(step)
         rollouts = [r for g in groups for r in g]
         seconds["sample"] = time.perf_counter() - t
 
@@ -234,6 +275,8 @@ class EvolveRun:
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         start = self.resume()
         total = steps if steps is not None else self.ev.steps
+        if start < total:
+            self._publish(start)
         done: list[dict[str, Any]] = []
         for step in range(start, total):
             result = self.step(step)
@@ -246,6 +289,8 @@ class EvolveRun:
                 print(_one_line(result.metrics), flush=True)
             if (step + 1) % self.ev.save_every == 0 or step + 1 == total:
                 self.save(step)
+            if step + 1 < total:
+                self._publish(step + 1)
         return done
 
     def resume(self) -> int:

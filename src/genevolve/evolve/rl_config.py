@@ -58,6 +58,21 @@ class ExperienceConfig(_Section):
     embedder: str | None = Field(None, description="sentence-transformers model for memory keys; null: MiniLM (offline)")
 
 
+class RolloutConfig(_Section):
+    """Where rollouts come from.
+
+    ``learner``: the model being trained samples them in this process (CPU and single-GPU runs; the
+    env's policy is ignored). ``server``: the env's policy (an ``openai`` client pointed at vLLM or
+    SGLang) samples them through a worker pool (local or Ray actors); with ``lora_sync`` the learner
+    publishes its LoRA adapter to the servers after every step and the workers switch to it.
+    """
+
+    backend: Literal["learner", "server"] = "learner"
+    pool: dict[str, Any] = Field(default_factory=dict, description="genevolve.evolve.workers.PoolConfig fields")
+    lora_sync: dict[str, Any] | None = Field(None, description="genevolve.evolve.lora_sync.LoraSyncConfig fields; "
+                                                               "null: the servers keep their weights")
+
+
 class EvolveConfig(_Section):
     """The RL loop: sample -> score -> select -> extract -> score tokens -> loss -> update."""
 
@@ -87,6 +102,7 @@ class EvolveConfig(_Section):
     think_max_chars: int | None = Field(None, ge=1, description="with structured decoding: the grammar's bound on "
                                                                 "<think> text; null: the grammar's default (400)")
     concurrency: int = Field(4, ge=1, description="rollouts in flight at once")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ved: VEDConfig = Field(default_factory=VEDConfig)
     experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
     save_every: int = Field(10, ge=1, description="steps between checkpoints (and one at the end)")
