@@ -60,7 +60,7 @@ async def test_callable_can_simulate_backend_failure():
 
 
 def test_table_and_builder():
-    assert set(POLICIES) == {"openai", "hf", "embedded", "scripted"}
+    assert set(POLICIES) == {"openai", "hf", "embedded", "scripted", "world-expert", "direct"}
     policy = build_policy("scripted", responses=["x"], accepts_images=True)
     assert isinstance(policy, ScriptedPolicy) and isinstance(policy, Policy) and policy.accepts_images
     assert isinstance(build_policy("genevolve.policy.scripted:ScriptedPolicy", responses=[]), ScriptedPolicy)
