@@ -69,11 +69,14 @@ def _pad(rows: Sequence[Any], t: int) -> Any:
 class Learner:
     """Owns the optimizer and schedule of an RL run over ``tm``'s trainable parameters."""
 
-    def __init__(self, tm: TrainModel, cfg: EvolveConfig) -> None:
+    def __init__(self, tm: TrainModel, cfg: EvolveConfig, *, accelerator: Any = None) -> None:
         import torch
         from transformers import get_cosine_schedule_with_warmup
 
         self.tm, self.cfg = tm, cfg
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.world = accelerator.num_processes if accelerator is not None else 1
         params = tm.trainable_parameters()
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -102,16 +105,23 @@ class Learner:
                 out += [scored[j, : len(views[i])] for j, i in enumerate(chunk)]
         return out
 
+    def local(self, n: int) -> list[int]:
+        """The row indices this process scores and trains on (all of them in a single process)."""
+        return list(range(self.rank, n, self.world))
+
     def score(self, rows: Sequence[Row]) -> Scored:
         import torch
 
         model = self.tm.model
         model.eval()
+        mine = self.local(len(rows))
         t0 = time.perf_counter()
-        old = self._logps(model, [r.view for r in rows])
+        old: list[Any] = [None] * len(rows)
+        for i, logp in zip(mine, self._logps(model, [rows[i].view for i in mine]), strict=True):
+            old[i] = logp
         t1 = time.perf_counter()
         teacher: list[Any | None] = [None] * len(rows)
-        with_bundle = [i for i, r in enumerate(rows) if r.teacher is not None]
+        with_bundle = [i for i in mine if rows[i].teacher is not None]
         if with_bundle:
             scored = self._logps(model, [rows[i].teacher for i in with_bundle])  # type: ignore[misc]
             for i, t_logp in zip(with_bundle, scored, strict=True):
@@ -125,10 +135,12 @@ class Learner:
         ref: list[Any | None] = [None] * len(rows)
         if self.cfg.kl_coef > 0:
             if self.reference is not None:
-                ref = list(self._logps(self.reference, [r.view for r in rows]))
+                scored_ref = self._logps(self.reference, [rows[i].view for i in mine])
             else:
                 with model.disable_adapter():
-                    ref = list(self._logps(model, [r.view for r in rows]))
+                    scored_ref = self._logps(model, [rows[i].view for i in mine])
+            for i, logp in zip(mine, scored_ref, strict=True):
+                ref[i] = logp
         return Scored(old, teacher, ref, {"old": t1 - t0, "teacher": t2 - t1, "reference": time.perf_counter() - t2},
                       disagreement)
 
@@ -156,15 +168,17 @@ class Learner:
         shares = [order[i::cfg.mini_batches] for i in range(cfg.mini_batches)]
         for share in (s for s in shares if s):
             self.optimizer.zero_grad(set_to_none=True)
-            kept_total = sum(self._kept(rows[i], scored, i) for i in share)
-            for chunk in _chunks(len(share), cfg.micro_batch):
-                idx = [share[j] for j in chunk]
+            kept_total = sum(self._kept(rows[i]) for i in share)
+            mine = [i for i in share if i % self.world == self.rank]
+            for chunk in _chunks(len(mine), cfg.micro_batch):
+                idx = [mine[j] for j in chunk]
                 parts = self._micro_loss(rows, scored, idx, len(share), kept_total)
                 parts["loss"].backward()
                 for key in ("grpo", "ved", "clip_low", "clip_high"):
                     sums[key] += float(parts[key])
                 sums["loss"] += float(parts["loss"].detach())
                 sums["tokens"] += int(parts["tokens"])
+            self._sum_gradients()
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.tm.trainable_parameters(), cfg.max_grad_norm)
                 grad_norms.append(float(norm))
@@ -173,23 +187,39 @@ class Learner:
         model.eval()
         seconds = time.perf_counter() - t0
         n_shares = sum(1 for s in shares if s)
+        n_local = max(len(self.local(len(rows))), 1)
         return {
             "loss": sums["loss"] / n_shares, "grpo_loss": sums["grpo"] / n_shares, "ved_loss": sums["ved"] / n_shares,
-            "clip_frac_low": sums["clip_low"] / max(len(rows), 1), "clip_frac_high": sums["clip_high"] / max(len(rows), 1),
+            "clip_frac_low": sums["clip_low"] / n_local, "clip_frac_high": sums["clip_high"] / n_local,
             "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
             "lr": self.scheduler.get_last_lr()[0], "assistant_tokens": sums["tokens"],
             "tokens_per_s": sums["tokens"] / seconds if seconds else 0.0,
             "seconds": {"update": seconds},
         }
 
-    def _kept(self, row: Row, scored: Scored, i: int) -> int:
-        """Tokens VED keeps in this row (0 without a bundle, or when VED is not the kl form)."""
-        if self.cfg.ved.form != "kl" or scored.teacher[i] is None:
+    def _kept(self, row: Row) -> int:
+        """Tokens VED keeps in this row (0 without a bundle, or when VED is not the kl form). The count
+        depends only on the row's assistant tokens, so every process knows every row's."""
+        if self.cfg.ved.form != "kl" or row.teacher is None:
             return 0
         import torch
 
         mask = torch.tensor(row.view.mask)[None]
-        return int(losses.ved_selection(scored.old[i][None], scored.teacher[i][None], mask, self.cfg.ved.top_frac).sum())
+        zeros = torch.zeros(mask.shape)
+        return int(losses.ved_selection(zeros, zeros, mask, self.cfg.ved.top_frac).sum())
+
+    def _sum_gradients(self) -> None:
+        """Data parallelism over accelerate's processes: each process has the gradient of its rows' part
+        of the share's loss (weighted by share-wide totals), so the share's gradient is their sum. Summed
+        here rather than by a DDP wrapper, so processes may hold different numbers of micro-batches."""
+        if self.world == 1:
+            return
+        import torch
+
+        for param in self.tm.trainable_parameters():
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad = self.accelerator.reduce(param.grad, reduction="sum")
 
     def _micro_loss(self, rows: Sequence[Row], scored: Scored, idx: list[int], share_rows: int,
                     kept_total: int) -> dict[str, Any]:
