@@ -64,6 +64,7 @@ def data(tmp_path):
     lines.append("{not json")
     lines.append(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}))
     lines.append(json.dumps(row("very " * 300 + "long thing")))
+    lines.append(json.dumps({**row("failed expert"), "ok": False}))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -91,7 +92,7 @@ def test_tiny_model_from_config_learns_and_loads_back(tmp_path, tok_dir, data):
     report = json.loads((out / "data.json").read_text())
     assert report["n_train"] + report["n_eval"] == 12 and report["n_eval"] == 3
     reasons = sorted(s["reason"].split(":")[0] for s in report["skipped"])
-    assert reasons == ["TokenViewError", "ValueError", "too_long"]
+    assert reasons == ["TokenViewError", "ValueError", "not_ok", "too_long"]
     lines = metric_lines(out)
     train = [x for x in lines if x["kind"] == "train"]
     evals = [x for x in lines if x["kind"] == "eval"]

@@ -74,7 +74,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
     _prepare_folder(out, cfg, fresh)
     tm = load_model(cfg.model)
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
-    examples, skipped = load_examples(s.data, encoder, s.max_tokens)
+    examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed)
     if not examples:
         raise ConfigError(f"no usable SFT rows in {', '.join(s.data)} ({len(skipped)} skipped; see {out / 'data.json'})")
     train, held = split(examples, s.eval_frac, s.seed)

@@ -78,8 +78,11 @@ def read_rows(file: Path) -> list[tuple[str, Any]]:
     return rows
 
 
-def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int) -> tuple[list[SFTExample], list[dict]]:
-    """Usable examples and ``[{"id", "reason"}]`` for the skipped rows."""
+def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int, *,
+                  skip_failed: bool = True) -> tuple[list[SFTExample], list[dict]]:
+    """Usable examples and ``[{"id", "file", "reason"}]`` for the skipped rows. With ``skip_failed``,
+    rows marked ``"ok": false`` (the world's expert rollouts that ended without a valid program) are
+    skipped: they would teach the failure."""
     examples: list[SFTExample] = []
     skipped: list[dict[str, str]] = []
     for file in data_files(paths):
@@ -89,6 +92,9 @@ def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int) -> tu
                     raise row
                 if not isinstance(row, dict):
                     raise SFTRowError(f"expected a JSON object, got {type(row).__name__}")
+                if skip_failed and row.get("ok") is False:
+                    skipped.append({"id": row_id, "file": str(file), "reason": "not_ok: the row is marked as a failed rollout"})
+                    continue
                 view = encoder.view_sft_row(row, root=file.parent)
             except (SFTRowError, TokenViewError, ValueError, FileNotFoundError) as exc:
                 skipped.append({"id": row_id, "file": str(file), "reason": f"{type(exc).__name__}: {exc}"})

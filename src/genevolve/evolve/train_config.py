@@ -72,6 +72,7 @@ class SFTConfig(_Section):
     min_lr_frac: float = Field(0.0, ge=0, le=1, description="the cosine decays to lr × this")
     batch_size: int = Field(1, ge=1, description="trajectories per forward pass (micro-batch)")
     grad_accum: int = Field(8, ge=1, description="micro-batches per optimizer step; step batch = batch_size × grad_accum")
+    skip_failed: bool = Field(True, description="skip rows marked \"ok\": false (expert rollouts without a valid program)")
     max_tokens: int = Field(8192, ge=16, description="longer trajectories are skipped (counted in data.json), never cut")
     eval_frac: float = Field(0.05, ge=0, lt=1, description="held-out fraction of rows for the eval loss")
     eval_every: int = Field(50, ge=1, description="optimizer steps between eval losses (and one at the end)")
