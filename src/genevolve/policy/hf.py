@@ -57,14 +57,22 @@ class SeededSampler:
         if self._generator is None:
             self._generator = torch.Generator(device=scores.device)
             self._generator.manual_seed(self.seed)
-        probs_B_V = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_B_V, order_B_V = probs_B_V.sort(dim=-1, descending=True)
-            mass_before_B_V = sorted_B_V.cumsum(dim=-1) - sorted_B_V  # the top token always stays
-            sorted_B_V = sorted_B_V.masked_fill(mass_before_B_V >= self.top_p, 0.0)
-            probs_B_V = torch.zeros_like(probs_B_V).scatter(-1, order_B_V, sorted_B_V)
-        choice_B_1 = torch.multinomial(probs_B_V, 1, generator=self._generator)
-        return torch.full_like(scores, float("-inf")).scatter(-1, choice_B_1, 0.0)
+        out_B_V = torch.full_like(scores, float("-inf"))
+        for b in range(scores.shape[0]):
+            # Only tokens a constraint left finite can be drawn: under a grammar that is often a handful,
+            # so sorting and sampling over them is far cheaper than over the whole vocabulary.
+            cand_C = torch.isfinite(scores[b]).nonzero().flatten()
+            probs_C = torch.softmax(scores[b, cand_C].float() / self.temperature, dim=-1)
+            sorted_C, order_C = probs_C.sort(descending=True)
+            cum_C = sorted_C.cumsum(dim=-1)
+            if self.top_p < 1.0:
+                keep = int(((cum_C - sorted_C) < self.top_p).sum())  # the top token always stays
+                cum_C = cum_C[:keep]
+            # inverse-CDF draw: one uniform number per step, from this call's own generator
+            u = torch.rand((), generator=self._generator, device=scores.device) * cum_C[-1]
+            j = int(torch.searchsorted(cum_C, u, right=True).clamp(max=cum_C.numel() - 1))
+            out_B_V[b, cand_C[order_C[j]]] = 0.0
+        return out_B_V
 
 
 def _torch_dtype(torch: Any, dtype: str, device: str) -> Any:
