@@ -23,10 +23,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from genevolve.config import BackendSpec, RunConfig, load_config
-from genevolve.evolve.train_config import ModelSpec, _Section, read_yaml
+from genevolve.evolve.train_config import ModelSpec, _Section, load_sections
 from genevolve.registry import ConfigError
 
 
@@ -150,11 +150,5 @@ class EvolveFile(_Section):
 
 
 def load_evolve_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvolveFile:
-    data = read_yaml(path)
-    data.pop("sft", None)  # one file may configure both stages (configs/world-tiny.yaml)
-    for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update(values)
-    try:
-        return EvolveFile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid evolve config {path}: {exc}") from exc
+    """Read an evolve config; ``overrides`` (e.g. ``{"evolve": {"out": ...}}``) replace keys of its sections."""
+    return load_sections(EvolveFile, path, overrides, ignore=("sft",), label="evolve")

@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genevolve.config import read_yaml
 from genevolve.registry import ConfigError
 
 
@@ -91,27 +91,21 @@ class SFTFile(_Section):
     sft: SFTConfig
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level")
-    return data
-
-
-def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTFile:
-    """Read an SFT config; ``overrides`` (e.g. ``{"sft": {"out": ...}}``) replace keys of its sections."""
+def load_sections(cls: type[_Section], path: str | Path, overrides: dict[str, Any] | None, *,
+                  ignore: tuple[str, ...], label: str) -> Any:
+    """Validate a training YAML as ``cls``: sections named in ``ignore`` belong to the other stage (one
+    file may configure both, e.g. configs/world-tiny.yaml); ``overrides`` replace keys of sections."""
     data = read_yaml(path)
-    for section in ("env", "evolve"):  # one file may configure both stages (configs/world-tiny.yaml)
+    for section in ignore:
         data.pop(section, None)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     try:
-        return SFTFile.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid SFT config {path}: {exc}") from exc
+        raise ConfigError(f"invalid {label} config {path}: {exc}") from exc
+
+
+def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTFile:
+    """Read an SFT config; ``overrides`` (e.g. ``{"sft": {"out": ...}}``) replace keys of its sections."""
+    return load_sections(SFTFile, path, overrides, ignore=("env", "evolve"), label="SFT")
