@@ -142,9 +142,12 @@ def test_steps_learn_write_and_resume_exactly(tmp_path, tok_dir):
 
 
 def test_advantage_form_and_kl_run(tmp_path, tok_dir):
-    cfg = make_config(tmp_path, tok_dir, tmp_path / "adv", steps=1, kl_coef=0.01, ved={"form": "advantage"})
+    pytest.importorskip("tensorboard")
+    cfg = make_config(tmp_path, tok_dir, tmp_path / "adv", steps=1, kl_coef=0.01, ved={"form": "advantage"},
+                      tensorboard=True)
     (m,) = EvolveRun(cfg, progress=False).run()
     assert m["ved_loss"] == 0 and "reference" in m["seconds"]
+    assert list((tmp_path / "adv" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_keep_steps_drops_later_steps_and_torn_lines(tmp_path):
