@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 from genevolve.evolve.loop import EvolveRun, keep_steps, latest_checkpoint  # noqa: E402
 from genevolve.evolve.rl_config import EvolveFile  # noqa: E402
+from genevolve.evolve.train_config import LoraSpec  # noqa: E402
 from genevolve.tools.base_search import ImageSearchBackend  # noqa: E402
 from genevolve.types import RetrievedImage  # noqa: E402
 from tests.test_policy_hf import CORPUS, TEMPLATE  # noqa: E402
@@ -189,7 +190,7 @@ def test_server_rollouts_publish_each_adapter_and_switch_model(tmp_path, tok_dir
         cfg.env["policy"] = {"kind": "openai", "model": "base", "base_url": f"{base}/v1", "api_key_env": None,
                              "structured": "none"}
         cfg.env["agent"]["structured_decoding"] = False
-        cfg.model.lora = {"r": 4, "alpha": 8.0}
+        cfg.model.lora = LoraSpec(r=4, alpha=8.0)
         metrics = EvolveRun(EvolveFile.model_validate(cfg.model_dump()), progress=False).run()
         models = [r.json()["model"] for r in srv.requests if r.path == "/v1/chat/completions"]
     assert [m["step"] for m in metrics] == [0, 1] and all(m["failures"] == {} for m in metrics)

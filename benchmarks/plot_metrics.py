@@ -1,0 +1,52 @@
+"""Plot an evolve run's reward per step (mean with the spread across rollouts, and the best rollout).
+
+    python benchmarks/plot_metrics.py runs/world-tiny/evolve [--out reward.png]
+
+Reads RUN/metrics.jsonl (one line per step) and writes a PNG (needs matplotlib: the `train` extra).
+Also prints the table it plotted, so the numbers can be quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/reward.png)")
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    mean = [r["reward"] for r in rows]
+    std = [r["reward_std"] for r in rows]
+    best = [r["reward_max"] for r in rows]
+    print(f"{'step':>4} {'reward':>7} {'std':>6} {'max':>5} {'pairs':>5} {'bundles':>7} {'failures'}")
+    for r in rows:
+        print(f"{r['step']:>4} {r['reward']:>7.3f} {r['reward_std']:>6.3f} {r['reward_max']:>5.2f} {r['pairs']:>5} "
+              f"{r.get('bundle_fraction', 0):>7.0%} {r['failures']}")
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    ax.plot(steps, mean, label="mean reward", color="C0")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)], color="C0", alpha=0.2, label="± std over rollouts")
+    ax.plot(steps, best, label="best rollout", color="C1", linestyle="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.set_title(str(args.run))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = args.out or args.run / "reward.png"
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
