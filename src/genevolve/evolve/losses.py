@@ -55,14 +55,15 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     """
     import torch
 
-    rewards = rewards.float()
+    out_dtype = torch.promote_types(rewards.dtype, torch.float32)
+    rewards = rewards.double()  # a group with a tiny spread loses digits in float32 (r - mean is small)
     k = rewards.shape[-1]
     if k < 2:
-        return torch.zeros_like(rewards)
+        return torch.zeros_like(rewards, dtype=out_dtype)
     mean = rewards.mean(dim=-1, keepdim=True)
     std = rewards.std(dim=-1, unbiased=True, keepdim=True)
     flat = (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)
-    return torch.where(flat, torch.zeros_like(rewards), (rewards - mean) / (std + eps))
+    return torch.where(flat, torch.zeros_like(rewards), (rewards - mean) / (std + eps)).to(out_dtype)
 
 
 def grpo_loss(
