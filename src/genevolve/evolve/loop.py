@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from genevolve.evolve.groups import GroupSampler, Task
+from genevolve.evolve.groups import Task
 from genevolve.evolve.rl_config import EvolveFile
 from genevolve.evolve.rollout import Rollout
 from genevolve.types import write_text_atomic
@@ -107,16 +107,19 @@ class EvolveRun:
                              f"{self.ev.requests_per_step}")
         self.tm = load_model(cfg.model_spec())
         self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor)
+        if self.ev.alpha > 0 and self.ev.program_judge is None:
+            raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
+                             "(or alpha: 0 for an image-only reward)")
         self.agent = self._agent(env)  # the learner-side agent: its system prompt is the teacher's base
         self.pool: Any = None
         self.lora_sync: Any = None
+        spec = self._env_spec(env)
         if self.ev.rollout.backend == "server":
-            self._server_rollouts(env)
+            self._server_rollouts(spec)
         else:
-            self.sampler = GroupSampler(
-                agent=self.agent, renderer=_build_renderer(env), judge=_build_judge(env),
-                program_judge=_build_program_judge(self.ev), k=self.ev.k, alpha=self.ev.alpha,
-                concurrency=self.ev.concurrency, images_dir=self.out / "images", base_seed=self.ev.seed)
+            from genevolve.evolve.workers import build_sampler
+
+            self.sampler = build_sampler(spec, agent=self.agent)
         ex = self.ev.experience
         self.extractor = build(EXTRACTORS, ex.extractor.kind, "extractor", **ex.extractor.options)
         self.memory = ExperienceMemory(
@@ -148,21 +151,22 @@ class EvolveRun:
                             download=env.download)
         return Agent(policy, tools, agent_cfg)
 
-    def _server_rollouts(self, env: Any) -> None:
-        from genevolve.evolve.lora_sync import LoraSync
-        from genevolve.evolve.workers import EnvSpec, RolloutPool
+    def _env_spec(self, env: Any) -> Any:
+        """The rollout environment with the RL sampling settings (what every rollout backend builds from)."""
+        from genevolve.evolve.workers import EnvSpec
 
-        if env.policy is None or env.policy.kind != "openai":
+        return EnvSpec.from_run_config(
+            env.model_copy(update={"agent": self.agent.config}), program_judge=self.ev.program_judge,
+            k=self.ev.k, alpha=self.ev.alpha, concurrency=self.ev.concurrency,
+            images_dir=str(self.out / "images"), base_seed=self.ev.seed)
+
+    def _server_rollouts(self, spec: Any) -> None:
+        from genevolve.evolve.lora_sync import LoraSync
+        from genevolve.evolve.workers import RolloutPool
+
+        if spec.policy is None or spec.policy.kind != "openai":
             raise ValueError("rollout.backend 'server' needs env.policy of kind 'openai' pointed at the inference "
                              "server (vLLM or SGLang)")
-        if self.ev.alpha > 0 and self.ev.program_judge is None:
-            _build_program_judge(self.ev)  # raises the clear error
-        agent = env.agent.model_copy(deep=True)
-        agent.sampling = agent.sampling.model_copy(update={"temperature": self.ev.temperature, "top_p": self.ev.top_p})
-        spec = EnvSpec.from_run_config(
-            env.model_copy(update={"agent": agent}), program_judge=self.ev.program_judge, k=self.ev.k,
-            alpha=self.ev.alpha, concurrency=self.ev.concurrency, images_dir=str(self.out / "images"),
-            base_seed=self.ev.seed)
         self.pool = RolloutPool(spec, self.ev.rollout.pool)
         if self.ev.rollout.lora_sync is not None:
             if not self.tm.is_lora:
@@ -354,30 +358,6 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 # -- builders and metrics -----------------------------------------------------------------------------
-
-
-def _build_renderer(env: Any) -> Any:
-    from genevolve.config import build_renderer
-
-    return build_renderer(env)
-
-
-def _build_judge(env: Any) -> Any:
-    from genevolve.config import build_judge
-
-    return build_judge(env)
-
-
-def _build_program_judge(ev: Any) -> Any:
-    if ev.program_judge is None:
-        if ev.alpha > 0:
-            raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
-                             "(or alpha: 0 for an image-only reward)")
-        return None
-    from genevolve.judge import JUDGES
-    from genevolve.registry import build
-
-    return build(JUDGES, ev.program_judge.kind, "program judge", **ev.program_judge.options)
 
 
 def _reward_metrics(rollouts: list[Rollout]) -> dict[str, Any]:

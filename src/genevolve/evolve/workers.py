@@ -99,8 +99,9 @@ class WorkerDied(RuntimeError):
     """The worker process is gone (a Ray actor died); its share must run elsewhere."""
 
 
-def build_sampler(spec: EnvSpec) -> GroupSampler:
-    """A ``GroupSampler`` from the spec, with genevolve.config's builders (backends by ``kind``)."""
+def build_sampler(spec: EnvSpec, *, agent: Any = None) -> GroupSampler:
+    """A ``GroupSampler`` from the spec, with genevolve.config's builders (backends by ``kind``).
+    ``agent`` replaces the one the spec's policy would build (the trainer's in-process model)."""
     from genevolve.config import build_agent, build_judge, build_renderer
     from genevolve.judge import JUDGES
     from genevolve.registry import build
@@ -111,7 +112,7 @@ def build_sampler(spec: EnvSpec) -> GroupSampler:
     program_judge = None
     if spec.program_judge is not None:
         program_judge = build(JUDGES, spec.program_judge.kind, "program judge", **spec.program_judge.options)
-    return GroupSampler(agent=build_agent(spec), renderer=renderer, judge=judge, program_judge=program_judge,
+    return GroupSampler(agent=agent if agent is not None else build_agent(spec), renderer=renderer, judge=judge, program_judge=program_judge,
                         k=spec.k, alpha=spec.alpha, concurrency=spec.concurrency,
                         images_dir=Path(spec.images_dir) if spec.images_dir else None, base_seed=spec.base_seed)
 
