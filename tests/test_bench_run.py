@@ -160,12 +160,18 @@ def test_render_stage_without_trajectories_says_what_to_do(tmp_path, judge):
         asyncio.run(run.run("render"))
 
 
-def test_cli_bench_and_report_in_chromium(tmp_path, data):
+def _bench_config(tmp_path, policy: str) -> Path:
+    """A `genevolve bench --config` file: a test policy of this module, the collage renderer, the heuristic judge."""
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({
-        "policy": {"kind": "tests.test_bench_run:AnswerPolicy"}, "search": None, "image_search": None,
+        "policy": {"kind": f"tests.test_bench_run:{policy}"}, "search": None, "image_search": None,
         "knowledge": False, "renderer": {"kind": "collage", "width": 256, "height": 256},
         "judge": {"kind": "heuristic", "embeddings": False}, "agent": AGENT_CFG}))
+    return config
+
+
+def test_cli_bench_and_report_in_chromium(tmp_path, data):
+    config = _bench_config(tmp_path, "AnswerPolicy")
     out = tmp_path / "runs" / "cli"
     runner = CliRunner()
     result = runner.invoke(app, ["bench", "--data", str(data), "--out", str(out), "--config", str(config),
@@ -230,11 +236,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_summary(tmp_path, data):
     import sys
     import time
 
-    config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump({
-        "policy": {"kind": "tests.test_bench_run:SlowAnswerPolicy"}, "search": None, "image_search": None,
-        "knowledge": False, "renderer": {"kind": "collage", "width": 256, "height": 256},
-        "judge": {"kind": "heuristic", "embeddings": False}, "agent": AGENT_CFG}))
+    config = _bench_config(tmp_path, "SlowAnswerPolicy")
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
