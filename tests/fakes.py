@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -59,7 +61,11 @@ class FakeImages(Tool):
         out = []
         for i in range(self.per_call):
             path = self.folder / f"{args.query.replace(' ', '_')}_{i}.png"
-            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+            # Written beside, then renamed: concurrent rollouts asking the same query must never read
+            # a half-written file (a renderer would reject it as a broken reference).
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.png")
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp)
+            os.replace(tmp, path)
             out.append(RetrievedImage(title=f"{args.query} {i}", url=f"https://img.example/{path.name}", path=str(path)))
         for i in range(self.broken):
             out.append(RetrievedImage(title=f"broken {i}", url=f"https://img.example/broken{i}", path=None,
