@@ -188,3 +188,20 @@ def test_trajectory_json_and_sft_round_trip(tools, tmp_path):
     assert [(t.role, t.content, t.images) for t in back.turns] == [(t.role, t.content, t.images) for t in traj.turns]
     assert back.program.gen_prompt == "A cat" and back.program.references[0].img_id == "IMG_002"
     assert back.program.references[0].path == traj.program.references[0].path
+
+
+def test_compact_prompt_keeps_every_tool_skill_and_budget(tools):
+    from genevolve import prompts
+    from genevolve.skills import load_skills
+
+    full = Agent(ScriptedPolicy([]), tools, AgentConfig(max_policy_calls=5, max_tool_calls=4))
+    compact = Agent(ScriptedPolicy([]), tools, AgentConfig(max_policy_calls=5, max_tool_calls=4, prompt="compact"))
+    assert len(compact.system_prompt) * 4 < len(full.system_prompt)
+    for text in (full.system_prompt, compact.system_prompt):
+        assert all(t.name in text for t in tools) and all(s in text for s in load_skills())
+        assert "5 messages" in text and "4 tool calls" in text
+    assert "- search(queries, top_k?): " in compact.system_prompt
+    guided = compact.system_prompt_with("- Read the counting skill first.")
+    assert "Read the counting skill first." in guided and guided.startswith(compact.system_prompt.split("\n")[0])
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        prompts.system_prompt(tools, style="tiny")

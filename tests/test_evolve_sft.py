@@ -244,3 +244,31 @@ def test_vlm_sft_sees_images_and_keeps_the_vision_tower_frozen(tmp_path, llava):
     assert vision and all(torch.equal(trained[n], before[n]) for n in vision)
     language = [n for n in before if "language_model" in n]
     assert language and all(not torch.equal(trained[n], before[n]) for n in language if n.endswith("q_proj.weight"))
+
+
+def test_system_env_trains_with_the_rollout_agents_prompt(tmp_path, tok_dir, data):
+    from genevolve.agent import agent_system_prompt
+    from genevolve.evolve.sft_data import load_examples
+    from genevolve.evolve.train_config import env_run_config
+    from genevolve.tools import build_tools
+
+    env = {"search": None, "image_search": None, "renderer": None, "judge": None,
+           "agent": {"prompt": "compact", "max_policy_calls": 3, "max_tool_calls": 2}}
+    cfg = SFTFile.model_validate({"model": {"path": str(tok_dir), "from_config": TINY}, "env": env,
+                                  "sft": {"data": [str(data)], "system": "env"}})
+    system = cfg.system_prompt()
+    run = env_run_config(env)
+    assert (run.agent.prompt, run.agent.max_policy_calls, run.agent.max_tool_calls) == ("compact", 3, 2)
+    assert system == agent_system_prompt(build_tools(search=run.search, image_search=run.image_search), run.agent)
+    assert "At most 3 messages and 2 tool calls" in system and "You are a planner." not in system
+    encoder = ChatEncoder(make_tokenizer())
+    examples, _ = load_examples([str(data)], encoder, 4000, system=system)
+    text = encoder.tokenizer.decode(examples[0].view.input_ids)
+    assert system in text and "You are a planner." not in text
+    kept, _ = load_examples([str(data)], encoder, 4000)
+    assert "You are a planner." in encoder.tokenizer.decode(kept[0].view.input_ids)
+    # assistant tokens are the same whichever system message precedes them
+    assert examples[0].view.assistant_ids == kept[0].view.assistant_ids
+    assert SFTFile.model_validate({"sft": {"data": ["x"]}}).system_prompt() is None
+    with pytest.raises(ConfigError, match="needs an `env` section"):
+        SFTFile.model_validate({"sft": {"data": ["x"], "system": "env"}}).system_prompt()

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from genevolve.config import BackendSpec, RunConfig, load_config
-from genevolve.evolve.train_config import ModelSpec, _Section, load_sections
+from genevolve.config import BackendSpec, RunConfig
+from genevolve.evolve.train_config import ModelSpec, _Section, env_run_config, load_sections
 from genevolve.registry import ConfigError
 
 
@@ -136,14 +136,7 @@ class EvolveFile(_Section):
 
     def run_config(self, base: Path | None = None) -> RunConfig:
         """The environment as a RunConfig; a relative ``env`` path is read relative to ``base``."""
-        env = {"from": self.env} if isinstance(self.env, str) else dict(self.env)
-        source = env.pop("from", None)
-        path = None
-        if source is not None:
-            path = Path(source)
-            if base is not None and not path.is_absolute() and not path.exists():
-                path = base / path
-        cfg = load_config(path, env)
+        cfg = env_run_config(self.env, base)
         if cfg.renderer is None or cfg.judge is None:
             raise ConfigError("evolve needs a renderer and a judge in `env` (the reward renders and judges every rollout)")
         return cfg

@@ -74,7 +74,8 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
     _prepare_folder(out, cfg, fresh)
     tm = load_model(cfg.model)
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
-    examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed)
+    examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed,
+                                      system=cfg.system_prompt())
     if not examples:
         raise ConfigError(f"no usable SFT rows in {', '.join(s.data)} ({len(skipped)} skipped; see {out / 'data.json'})")
     train, held = split(examples, s.eval_frac, s.seed)
@@ -96,7 +97,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
 
     def view_of(example: SFTExample) -> TokenView:
         if example.has_images and encoder.accepts_images:  # pixels were dropped after the first pass
-            return encoder.view_sft_row(example.row, example.root)
+            return encoder.view_sft_row(example.row, example.root, system=example.system)
         return example.view
 
     train_loss = eval_loss = None

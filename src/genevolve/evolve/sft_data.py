@@ -31,6 +31,7 @@ class SFTExample:
     row: dict[str, Any]
     root: Path
     view: TokenView
+    system: str | None = None
 
     @property
     def has_images(self) -> bool:
@@ -79,10 +80,10 @@ def read_rows(file: Path) -> list[tuple[str, Any]]:
 
 
 def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int, *,
-                  skip_failed: bool = True) -> tuple[list[SFTExample], list[dict]]:
+                  skip_failed: bool = True, system: str | None = None) -> tuple[list[SFTExample], list[dict]]:
     """Usable examples and ``[{"id", "file", "reason"}]`` for the skipped rows. With ``skip_failed``,
     rows marked ``"ok": false`` (the world's expert rollouts that ended without a valid program) are
-    skipped: they would teach the failure."""
+    skipped: they would teach the failure. ``system`` replaces every row's system message."""
     examples: list[SFTExample] = []
     skipped: list[dict[str, str]] = []
     for file in data_files(paths):
@@ -95,7 +96,7 @@ def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int, *,
                 if skip_failed and row.get("ok") is False:
                     skipped.append({"id": row_id, "file": str(file), "reason": "not_ok: the row is marked as a failed rollout"})
                     continue
-                view = encoder.view_sft_row(row, root=file.parent)
+                view = encoder.view_sft_row(row, root=file.parent, system=system)
             except (SFTRowError, TokenViewError, ValueError, FileNotFoundError) as exc:
                 skipped.append({"id": row_id, "file": str(file), "reason": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -106,7 +107,7 @@ def load_examples(paths: list[str], encoder: ChatEncoder, max_tokens: int, *,
                 skipped.append({"id": row_id, "file": str(file), "reason": "no assistant tokens"})
                 continue
             view.extra = {}  # pixels are rebuilt per step: holding every image tensor would not fit
-            examples.append(SFTExample(row_id, row, file.parent, view))
+            examples.append(SFTExample(row_id, row, file.parent, view, system))
     return examples, skipped
 
 

@@ -142,11 +142,13 @@ class ChatEncoder:
         pieces = self._pieces(turns, assistant_at)
         return self._tokenise(pieces, assistant_at, turns)
 
-    def view_sft_row(self, row: dict[str, Any], root: str | Path | None = None) -> TokenView:
-        """The token view of one GenEvolve-Data SFT row (``{"messages", "images"}``)."""
+    def view_sft_row(self, row: dict[str, Any], root: str | Path | None = None, *,
+                     system: str | None = None) -> TokenView:
+        """The token view of one GenEvolve-Data SFT row (``{"messages", "images"}``); ``system`` replaces
+        its system message."""
         from genevolve.sft_rows import trajectory_from_sft_row
 
-        return self.view(trajectory_from_sft_row(row, root))
+        return self.view(trajectory_from_sft_row(row, root), system=system)
 
     def _render(self, turns: list[Turn], generation_prompt: bool) -> str:
         messages, _ = to_hf_messages(turns, accepts_images=bool(self.accepts_images), max_side=self.max_image_side)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genevolve.config import read_yaml
+from genevolve.config import RunConfig, load_config, read_yaml
 from genevolve.registry import ConfigError
 
 
@@ -82,13 +82,46 @@ class SFTConfig(_Section):
     max_grad_norm: float | None = Field(1.0, description="gradient clipping norm; null: no clipping")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     seed: int = Field(0, description="data order, eval split and dropout")
+    system: Literal["row", "env"] = Field(
+        "row", description="the system message trained on: each row's own, or `env`: the prompt the rollout agent "
+                           "of this file's `env` section shows (its tools, budgets and prompt style), so the cold "
+                           "start matches what evolve and bench run with")
+
+
+def env_run_config(env: str | dict[str, Any] | None, base: Path | None = None) -> RunConfig:
+    """A training file's ``env`` section as a RunConfig: a path, a mapping, or a mapping with ``from: PATH``
+    whose other keys override that file; a relative path is read relative to ``base`` when not found."""
+    env = {"from": env} if isinstance(env, str) else dict(env or {})
+    source = env.pop("from", None)
+    path = None
+    if source is not None:
+        path = Path(source)
+        if base is not None and not path.is_absolute() and not path.exists():
+            path = base / path
+    return load_config(path, env)
 
 
 class SFTFile(_Section):
     """A ``genevolve sft --config`` file."""
 
     model: ModelSpec = Field(default_factory=ModelSpec)
+    env: str | dict[str, Any] | None = Field(None, description="the rollout environment (as in evolve files); "
+                                                               "read only for `sft.system: env`")
     sft: SFTConfig
+
+    def system_prompt(self, base: Path | None = None) -> str | None:
+        """The system message every row is trained with, or None to keep each row's own."""
+        if self.sft.system == "row":
+            return None
+        if self.env is None:
+            raise ConfigError("sft.system: env needs an `env` section (the rollout environment) in the same file")
+        from genevolve.agent import agent_system_prompt
+        from genevolve.tools import build_tools
+
+        cfg = env_run_config(self.env, base)
+        tools = build_tools(search=cfg.search, image_search=cfg.image_search, knowledge=cfg.knowledge,
+                            download=cfg.download)
+        return agent_system_prompt(tools, cfg.agent)
 
 
 def load_sections(cls: type[_Section], path: str | Path, overrides: dict[str, Any] | None, *,
@@ -108,4 +141,4 @@ def load_sections(cls: type[_Section], path: str | Path, overrides: dict[str, An
 
 def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTFile:
     """Read an SFT config; ``overrides`` (e.g. ``{"sft": {"out": ...}}``) replace keys of its sections."""
-    return load_sections(SFTFile, path, overrides, ignore=("env", "evolve"), label="SFT")
+    return load_sections(SFTFile, path, overrides, ignore=("evolve",), label="SFT")

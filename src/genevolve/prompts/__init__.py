@@ -14,6 +14,7 @@ from genevolve.skills import load_skills
 from genevolve.tools.base import Tool
 
 _DIR = Path(__file__).parent
+PROMPT_STYLES = ("full", "compact")
 
 
 @cache
@@ -27,6 +28,17 @@ def tool_definitions(tools: list[Tool]) -> str:
         json.dumps({"name": t.name, "description": t.description, "parameters": t.schema()}, ensure_ascii=False)
         for t in tools
     )
+
+
+def tool_signatures(tools: list[Tool]) -> str:
+    """One line per tool for the compact prompt: ``name(arg, optional_arg?)``: first sentence of its description."""
+    lines = []
+    for t in tools:
+        schema = t.schema()
+        required = set(schema.get("required", []))
+        args = ", ".join(a if a in required else f"{a}?" for a in schema.get("properties", {}))
+        lines.append(f"- {t.name}({args}): {t.description.split('. ')[0].rstrip('.')}.")
+    return "\n".join(lines)
 
 
 def skills_block() -> str:
@@ -44,12 +56,20 @@ def system_prompt(
     min_references: int = 1,
     max_references: int = 2,
     guide: str | None = None,
+    style: str = "full",
 ) -> str:
-    """The policy's system prompt. ``guide`` is the teacher's privileged experience block (training only)."""
+    """The policy's system prompt. ``guide`` is the teacher's privileged experience block (training only).
+
+    ``style``: ``full`` (tool JSON schemas, skill guidance, every answer rule: about 2,000 tokens) or
+    ``compact`` (one line per tool, skill names only: about 250 tokens), for small policies whose
+    context cost is dominated by the prompt; a policy must be trained with the style it runs with."""
     guide_block = template("teacher_guide").substitute(bundle=guide.strip()) if guide else ""
-    return template("system").substitute(
-        tools=tool_definitions(tools),
-        skills=skills_block(),
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {', '.join(PROMPT_STYLES)}")
+    compact = style == "compact"
+    return template("system_compact" if compact else "system").substitute(
+        tools=tool_signatures(tools) if compact else tool_definitions(tools),
+        skills=", ".join(load_skills()) if compact else skills_block(),
         max_policy_calls=max_policy_calls,
         max_tool_calls=max_tool_calls,
         min_references=min_references,
