@@ -342,3 +342,20 @@ def test_context_overflow_is_a_policy_error(tok):
     long_turns = [Turn(role="user", content="fox " * 2000)]
     with pytest.raises(PolicyError, match="beyond the model's context"):
         policy.chat(long_turns, sampling=GREEDY)
+
+
+def test_structured_option_turns_on_the_protocol_grammar(tmp_path, tok):
+    from genevolve.agent import Agent
+    from genevolve.policy.guided import llguidance_factory
+    from genevolve.tools.knowledge import KnowledgeTool
+
+    make_llama(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    plain = HFPolicy(tmp_path)
+    assert plain.logits_processor_factory is None and not getattr(plain, "prefers_structured", False)
+    assert Agent(plain, [KnowledgeTool()]).constraint_factory is None
+    guided = HFPolicy(tmp_path, structured=True, think_max_chars=64)
+    assert guided.logits_processor_factory is llguidance_factory and guided.think_max_chars == 64
+    assert Agent(guided, [KnowledgeTool()]).constraint_factory is not None
+    with pytest.raises(ValueError, match="one or the other"):
+        HFPolicy(tmp_path, structured=True, logits_processor_factory=llguidance_factory)

@@ -129,6 +129,9 @@ class HFPolicy(Policy):
         name: label for trajectories; default ``hf:<model>``.
         max_image_side: long-side cap, in pixels, for images given to the processor.
         logits_processor_factory: constraint hook (see module docstring).
+        structured: decode under the protocol grammar with llguidance (what the agent uses by default
+            then; configs can say ``policy: {kind: hf, model: DIR, structured: true}``).
+        think_max_chars: with ``structured``, the grammar's bound on ``<think>`` text (default 400).
     """
 
     logits_processor_factory: LogitsProcessorFactory | None = None
@@ -146,7 +149,18 @@ class HFPolicy(Policy):
         name: str | None = None,
         max_image_side: int = DEFAULT_MAX_SIDE,
         logits_processor_factory: LogitsProcessorFactory | None = None,
+        structured: bool = False,
+        think_max_chars: int | None = None,
     ) -> None:
+        if structured:
+            if logits_processor_factory is not None:
+                raise ValueError("structured=True brings its own logits_processor_factory (llguidance); pass one or the other")
+            from genevolve.policy.guided import llguidance_factory
+
+            logits_processor_factory = llguidance_factory
+            self.prefers_structured = True
+        if think_max_chars is not None:
+            self.think_max_chars = think_max_chars
         if device == "auto":
             device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
         model_obj, tokenizer, processor = _load(
