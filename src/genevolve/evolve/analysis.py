@@ -1,0 +1,114 @@
+"""Reading finished runs: spread over seeds, learning curves, and what a teacher's guide changes.
+
+Used by ``benchmarks/ablation.py``; each function also works on any evolve run folder.
+
+- ``mean_std``: mean and sample standard deviation over seeds (std 0 for one seed).
+- ``reward_curve``: an evolve run's mean reward per step against rollouts spent so far.
+- ``rollouts_to_reach``: the first rollout count at which a (smoothed) curve reaches a target.
+- ``teacher_pushes``: for one student rollout and one experience bundle, the assistant tokens whose
+  log-probability the teacher context raises or lowers most: what distillation would push.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample (n - 1) standard deviation; one value has std 0. Empty input raises."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def reward_curve(run: str | Path) -> tuple[list[int], list[float]]:
+    """``(rollouts, reward)`` per step of an evolve run: rollouts spent through that step, and the
+    step's mean reward (from ``metrics.jsonl``; a step logged twice keeps its last record)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in (Path(run) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+    rollouts, rewards, spent = [], [], 0
+    for step in sorted(by_step):
+        spent += int(by_step[step]["rollouts"])
+        rollouts.append(spent)
+        rewards.append(float(by_step[step]["reward"]))
+    return rollouts, rewards
+
+
+def rollouts_to_reach(rollouts: Sequence[int], rewards: Sequence[float], target: float, *,
+                      window: int = 1) -> int | None:
+    """The first rollout count whose trailing ``window``-step mean reward is at least ``target``
+    (None: never reached)."""
+    if len(rollouts) != len(rewards):
+        raise ValueError("rollouts and rewards differ in length")
+    for x, y in zip(rollouts, moving_average(rewards, window), strict=True):
+        if y >= target - 1e-12:
+            return int(x)
+    return None
+
+
+@dataclass
+class TokenPush:
+    """One assistant token of a student rollout and how the teacher context changes its log-prob."""
+
+    token: str
+    context: str  # the text just before it in the same turn
+    student: float
+    teacher: float
+
+    @property
+    def delta(self) -> float:
+        return self.teacher - self.student
+
+
+def teacher_pushes(model: Any, encoder: Any, turns: Sequence[Any], teacher_system: str, *,
+                   top: int = 5, context_tokens: int = 6) -> tuple[list[TokenPush], list[TokenPush], float]:
+    """Score one student conversation under its own context and under ``teacher_system`` (the student's
+    system prompt with the guide block); return the ``top`` tokens the teacher pushes up, the ``top``
+    it pushes down, and the mean |teacher - student| over all assistant tokens."""
+    import torch
+
+    from genevolve.evolve.tokens import aligned_positions, collate, token_logps
+
+    student = encoder.view(list(turns))
+    teacher = encoder.view(list(turns), system=teacher_system)
+    s_pos, t_pos = aligned_positions(student, teacher)
+    pad = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():
+        s_lp = token_logps(model, collate([student], pad))[0]
+        t_lp = token_logps(model, collate([teacher], pad))[0]
+    pushes = []
+    for sp, tp in zip(s_pos, t_pos, strict=True):
+        start = sp - 1
+        while start > 0 and student.mask[start - 1] and sp - start < context_tokens:
+            start -= 1
+        pushes.append(TokenPush(token=encoder.tokenizer.decode([student.input_ids[sp]]),
+                                context=encoder.tokenizer.decode(student.input_ids[start:sp]) if student.mask[sp - 1] else "",
+                                student=float(s_lp[sp]), teacher=float(t_lp[tp])))
+    if not pushes:
+        return [], [], math.nan
+    ranked = sorted(pushes, key=lambda p: p.delta)
+    mean_abs = statistics.fmean(abs(p.delta) for p in pushes)
+    return ranked[::-1][:top], ranked[:top], mean_abs

@@ -1,0 +1,70 @@
+"""Run analysis: spread over seeds, reward curves, rollouts-to-reach, and the teacher's token pushes."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genevolve.evolve.analysis import mean_std, moving_average, reward_curve, rollouts_to_reach
+
+finite = st.floats(-10, 10, allow_nan=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=20))
+def test_mean_std_is_the_sample_statistic(values):
+    m, s = mean_std(values)
+    assert m == pytest.approx(sum(values) / len(values), abs=1e-9)
+    assert s == (pytest.approx(statistics.stdev(values), abs=1e-9) if len(values) > 1 else 0.0)
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+@given(st.lists(finite, min_size=1, max_size=30), st.integers(1, 8))
+def test_moving_average_matches_a_loop(values, window):
+    expected = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                for i in range(len(values))]
+    assert moving_average(values, window) == pytest.approx(expected, abs=1e-9)
+    assert moving_average(values, 1) == pytest.approx(values)
+
+
+def test_rollouts_to_reach():
+    xs, ys = [16, 32, 48, 64], [0.1, 0.3, 0.2, 0.5]
+    assert rollouts_to_reach(xs, ys, 0.3) == 32
+    assert rollouts_to_reach(xs, ys, 0.3, window=2) == 64  # trailing means 0.1, 0.2, 0.25, 0.35
+    assert rollouts_to_reach(xs, ys, 0.6) is None
+    with pytest.raises(ValueError, match="length"):
+        rollouts_to_reach(xs, ys[:2], 0.1)
+
+
+def test_reward_curve_counts_rollouts_and_keeps_the_last_record_of_a_step(tmp_path):
+    lines = [{"step": 0, "reward": 0.1, "rollouts": 16}, {"step": 1, "reward": 0.9, "rollouts": 16},
+             {"step": 1, "reward": 0.2, "rollouts": 12}, {"step": 2, "reward": 0.3, "rollouts": 16}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
+    assert reward_curve(tmp_path) == ([16, 28, 44], [0.1, 0.2, 0.3])
+
+
+def test_teacher_pushes_rank_tokens_by_the_guides_effect():
+    torch = pytest.importorskip("torch")
+    from genevolve.evolve.analysis import teacher_pushes
+    from genevolve.evolve.tokens import ChatEncoder
+    from genevolve.types import Turn
+    from tests.test_policy_hf import make_llama, make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = make_llama(tok).eval()
+    encoder = ChatEncoder(tok)
+    turns = [Turn(role="system", content="You are a planner."), Turn(role="user", content="draw a red fox"),
+             Turn(role="assistant", content="<think>search the fox</think>\n<answer>{}</answer>")]
+    up, down, mean_abs = teacher_pushes(model, encoder, turns, "You are a planner. Count the foxes.", top=3)
+    assert len(up) == len(down) == 3 and math.isfinite(mean_abs) and mean_abs > 0
+    assert all(a.delta >= b.delta for a, b in zip(up, up[1:], strict=False))
+    assert up[0].delta >= down[0].delta and down[0].delta == min(p.delta for p in down)
+    same_up, _, same_abs = teacher_pushes(model, encoder, turns, "You are a planner.", top=3)
+    assert same_abs == pytest.approx(0.0, abs=1e-5) and same_up[0].delta == pytest.approx(0.0, abs=1e-5)
+    assert all(p.token in turns[2].content + encoder.end_of_turn for p in up + down)  # assistant tokens only
