@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +61,37 @@ class Ablation:
         self.world = Path(args.world).resolve()
         self.base = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
         self.timings_path = self.out / "timings.json"
+        self.lock = threading.Lock()
         self.timings: dict[str, float] = (json.loads(self.timings_path.read_text())
                                           if self.timings_path.is_file() else {})
 
     def timed(self, key: str, done: bool, cmd: list[str]) -> None:
-        """Run ``cmd`` unless ``done``; record its wall time under ``key`` (kept across resumes)."""
+        """Run ``cmd`` unless ``done`` (its output to OUT/logs/KEY.log); record its wall time under ``key``
+        (kept across resumes). Children get ``--threads`` torch threads: for a model this small, one
+        thread per job beats two threads fighting over two cores by far."""
         if done:
-            print(f"[done] {key}")
+            print(f"[done] {key}", flush=True)
             return
-        print(f"[run ] {key}: {' '.join(cmd)}", flush=True)
+        log = self.out / "logs" / f"{key.replace('/', '-')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[run ] {key}: {' '.join(cmd)} > {log}", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.args.threads)}
         t = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t
-        self.timings_path.write_text(json.dumps(self.timings, indent=1))
+        with open(log, "a") as fh:
+            result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"{key} failed (exit {result.returncode}); see {log}")
+        seconds = time.perf_counter() - t
+        print(f"[ok  ] {key}: {seconds:.0f} s", flush=True)
+        with self.lock:
+            self.timings[key] = self.timings.get(key, 0.0) + seconds
+            self.timings_path.write_text(json.dumps(self.timings, indent=1))
 
     def eval_items(self) -> Path:
         """A stratified subset of the benchmark split: ``per_category`` items of each category, picked
-        with a fixed seed (0) that no training seed changes."""
-        path = self.out / "eval.jsonl"
+        with a fixed seed that no training seed changes. Written into the world folder, because GT image
+        paths are relative to the data file's folder."""
+        path = self.world / f"bench.ablation-{self.sizes['per_category']}.jsonl"
         if not path.is_file():
             rows = [json.loads(x) for x in (self.world / "bench.jsonl").read_text().splitlines() if x.strip()]
             by_cat: dict[str, list[dict]] = {}
@@ -86,7 +102,6 @@ class Ablation:
                 group = sorted(by_cat[cat], key=lambda r: r["id"])
                 random.Random(f"eval|{cat}").shuffle(group)
                 picked.extend(group[: self.sizes["per_category"]])
-            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r) + "\n" for r in picked))
         return path
 
@@ -157,14 +172,36 @@ class Ablation:
         return json.loads(summary.read_text())
 
     def run(self) -> dict[str, Any]:
-        results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in ARMS}
-        for seed in self.sizes["seeds"]:
-            results["untuned"][seed] = self.bench("untuned", seed, self.untuned_model(seed))
-            init = self.sft(seed)
-            results["sft"][seed] = self.bench("sft", seed, init)
+        """Every stage as a task; ``--jobs`` tasks at a time, each as soon as its SFT model exists."""
+        tasks: dict[str, tuple[list[str], Callable[[], Any]]] = {}
+        for s in self.sizes["seeds"]:
+            sft = f"sft/{s}/train"
+            tasks[f"untuned/{s}"] = ([], lambda s=s: self.bench("untuned", s, self.untuned_model(s)))
+            tasks[sft] = ([], lambda s=s: self.sft(s))
+            tasks[f"sft/{s}"] = ([sft], lambda s=s: self.bench("sft", s, self.sft(s)))
             for arm in RL_FORMS:
-                results[arm][seed] = self.bench(arm, seed, self.evolve(arm, seed, init))
-        return results
+                tasks[f"{arm}/{s}"] = ([sft], lambda s=s, arm=arm: self.bench(arm, s, self.evolve(arm, s, self.sft(s))))
+        done = run_tasks(tasks, self.args.jobs)
+        return {arm: {s: done[f"{arm}/{s}"] for s in self.sizes["seeds"]} for arm in ARMS}
+
+
+def run_tasks(tasks: dict[str, tuple[list[str], Callable[[], Any]]], jobs: int) -> dict[str, Any]:
+    """Run ``{name: (dependencies, fn)}`` on ``jobs`` threads, in the given order as dependencies allow;
+    the first failure stops new tasks and is raised once the running ones end."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    results: dict[str, Any] = {}
+    pending, running = dict(tasks), {}
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            for name, (deps, fn) in list(pending.items()):
+                if len(running) < jobs and all(d in results for d in deps):
+                    running[pool.submit(fn)] = name
+                    del pending[name]
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()
+    return results
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -321,6 +358,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/world-tiny.yaml", help="model, sft, env and evolve settings")
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--quick", action="store_true", help="one seed, short stages: a ~10-minute smoke run")
+    ap.add_argument("--jobs", type=int, default=2, help="stages run at once (default 2: one per core)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each stage (OMP_NUM_THREADS)")
     args = ap.parse_args()
     if not (Path(args.world) / "manifest.json").is_file():
         print(f"building the world into {args.world} (about 90 s)", flush=True)

@@ -144,7 +144,7 @@ class EvolveRun:
 
             factory = llguidance_factory
         policy = HFPolicy.from_objects(self.tm.model, self.tm.tokenizer, self.tm.processor, name="hf:learner",
-                                       logits_processor_factory=factory)
+                                       logits_processor_factory=factory, max_concurrency=self.ev.concurrency)
         if self.ev.think_max_chars is not None:
             policy.think_max_chars = self.ev.think_max_chars  # read by the agent's grammar
         tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
