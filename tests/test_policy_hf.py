@@ -359,3 +359,19 @@ def test_structured_option_turns_on_the_protocol_grammar(tmp_path, tok):
     assert Agent(guided, [KnowledgeTool()]).constraint_factory is not None
     with pytest.raises(ValueError, match="one or the other"):
         HFPolicy(tmp_path, structured=True, logits_processor_factory=llguidance_factory)
+
+
+def test_torch_threads_apply_to_the_generate_thread(tok):
+    from genevolve.types import Turn
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        policy = HFPolicy.from_objects(make_llama(tok), tok)
+        policy.torch_threads = 1
+        policy.chat([Turn(role="user", content="hi")], sampling=Sampling(max_tokens=2, seed=0))
+        assert policy._executor.submit(torch.get_num_threads).result() == 1
+        assert torch.get_num_threads() == 2  # the caller's setting is untouched
+    finally:
+        torch.set_num_threads(before)

@@ -147,6 +147,7 @@ class EvolveRun:
                                        logits_processor_factory=factory, max_concurrency=self.ev.concurrency)
         if self.ev.think_max_chars is not None:
             policy.think_max_chars = self.ev.think_max_chars  # read by the agent's grammar
+        policy.torch_threads = self.ev.sample_threads
         tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
                             download=env.download)
         return Agent(policy, tools, agent_cfg)

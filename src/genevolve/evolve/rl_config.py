@@ -104,6 +104,9 @@ class EvolveConfig(_Section):
     concurrency: int = Field(4, ge=1, description="rollouts in flight at once; with local rollouts also the "
                                                   "generate threads sharing the model (one per core is a good "
                                                   "start, with OMP_NUM_THREADS=1 for a tiny model)")
+    sample_threads: int | None = Field(
+        None, ge=1, description="torch threads of each local generate thread (the learner keeps the process's "
+                                "setting); a tiny model decodes several times faster with 1; null: the process's")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ved: VEDConfig = Field(default_factory=VEDConfig)
     experience: ExperienceConfig = Field(default_factory=ExperienceConfig)

@@ -132,7 +132,12 @@ class HFPolicy(Policy):
         structured: decode under the protocol grammar with llguidance (what the agent uses by default
             then; configs can say ``policy: {kind: hf, model: DIR, structured: true}``).
         think_max_chars: with ``structured``, the grammar's bound on ``<think>`` text (default 400).
+        torch_threads: torch's intra-op threads in each generate thread (None: the process's setting). A
+            tiny model decodes several times faster with 1: its matmuls are too small to split, and
+            split work waits on busy cores.
     """
+
+    torch_threads: int | None = None
 
     logits_processor_factory: LogitsProcessorFactory | None = None
 
@@ -151,6 +156,7 @@ class HFPolicy(Policy):
         logits_processor_factory: LogitsProcessorFactory | None = None,
         structured: bool = False,
         think_max_chars: int | None = None,
+        torch_threads: int | None = None,
     ) -> None:
         if structured:
             if logits_processor_factory is not None:
@@ -161,6 +167,7 @@ class HFPolicy(Policy):
             self.prefers_structured = True
         if think_max_chars is not None:
             self.think_max_chars = think_max_chars
+        self.torch_threads = torch_threads
         if device == "auto":
             device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
         model_obj, tokenizer, processor = _load(
@@ -299,6 +306,8 @@ class HFPolicy(Policy):
         import torch
         from transformers import LogitsProcessorList
 
+        if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)  # per thread: this generate thread only
         processors = LogitsProcessorList()
         if constraint is not None:
             assert self.logits_processor_factory is not None
