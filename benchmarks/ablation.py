@@ -22,8 +22,9 @@ config under OUT/configs/, so a stopped ablation resumes where it stopped when r
 be rerun by hand. OUT/results.json holds every number; OUT/results.md the table, the rollouts-to-match
 figure, wall times and the teacher's token pushes; OUT/curves.png the learning curves.
 
-Sizes (full / --quick): 3 / 1 seeds, SFT 1 epoch / 12 steps, 30 / 2 RL steps of 4 requests x 4
-rollouts, 4 / 1 benchmark items per category (64 / 16 items). docs/results.md reports a full run.
+Sizes (full / --quick): 3 / 1 seeds, SFT 1 epoch / 12 steps, 10 / 2 RL steps of 2 requests x 4
+rollouts, 1 benchmark item per category (16 items). These are what fit 90 minutes on 2 cores;
+docs/results.md reports a full run.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ RL_FORMS = {"grpo": "none", "ved_kl": "kl", "ved_adv": "advantage"}
 DIMS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 TRACKS = ("knowledge", "quality")
 
-FULL = {"seeds": [0, 1, 2], "sft_epochs": 1.0, "sft_max_steps": None, "steps": 30, "per_category": 4}
-QUICK = {"seeds": [0], "sft_epochs": 1.0, "sft_max_steps": 12, "steps": 2, "per_category": 1}
+FULL = {"seeds": [0, 1, 2], "sft_epochs": 1.0, "sft_max_steps": None, "steps": 10, "requests_per_step": 2, "k": 4,
+        "per_category": 1}
+QUICK = {"seeds": [0], "sft_epochs": 1.0, "sft_max_steps": 12, "steps": 2, "requests_per_step": 2, "k": 4,
+         "per_category": 1}
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -146,7 +149,9 @@ class Ablation:
         out = self.out / f"seed{seed}" / arm
         ev = dict(self.base["evolve"])
         ev.update({"data": str(self.world / "rl.jsonl"), "init_from": str(init), "out": str(out), "seed": seed,
-                   "steps": self.sizes["steps"], "tensorboard": False,
+                   "steps": self.sizes["steps"], "requests_per_step": self.sizes["requests_per_step"],
+                   "k": self.sizes["k"], "tensorboard": False,
+                   "concurrency": max(1, (os.cpu_count() or 1) // self.args.jobs), "sample_threads": 1,
                    "program_judge": {**ev.get("program_judge", {}), "world": str(self.world)},
                    "ved": {**ev.get("ved", {}), "form": RL_FORMS[arm]}})
         cfg = self.write_config(f"{arm}-seed{seed}", {"model": self.model_section(seed), "env": self.env(),
