@@ -257,8 +257,7 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
     for arm in ARMS:
         per_seed = []
         for s in seeds:
-            train = ab.timings.get(f"{arm}/{s}/train", 0.0) + (ab.timings.get(f"sft/{s}/train", 0.0)
-                                                               if arm == "sft" else 0.0)
+            train = ab.timings.get(f"{arm}/{s}/train", 0.0)
             per_seed.append((train, ab.timings.get(f"{arm}/{s}/eval", 0.0)))
         wall[arm] = {"train_s": mean_std([t for t, _ in per_seed]), "eval_s": mean_std([e for _, e in per_seed])}
 
@@ -354,7 +353,8 @@ def _pushes(ab: Ablation, seed: int, top_bundles: int = 3) -> list[dict[str, Any
 
 
 def _push(t: Any) -> dict[str, Any]:
-    return {"token": t.token, "context": t.context[-40:], "delta": round(t.delta, 3)}
+    return {"token": t.token.replace("\n", "⏎"), "context": t.context[-40:].replace("\n", "⏎").replace("`", "'"),
+            "delta": round(t.delta, 3)}
 
 
 def main() -> None:
