@@ -272,3 +272,42 @@ def test_system_env_trains_with_the_rollout_agents_prompt(tmp_path, tok_dir, dat
     assert SFTFile.model_validate({"sft": {"data": ["x"]}}).system_prompt() is None
     with pytest.raises(ConfigError, match="needs an `env` section"):
         SFTFile.model_validate({"sft": {"data": ["x"], "system": "env"}}).system_prompt()
+
+
+def test_context_loss_scores_only_sampled_context_positions(tmp_path, tok_dir, data):
+    out = tmp_path / "ctx"
+    run_sft(config(out, data, {"path": str(tok_dir), "from_config": TINY}, epochs=6, lr=3e-2,
+                   context_loss=0.5, context_frac=1.0), progress=False)
+    train = [m for m in metric_lines(out) if m["kind"] == "train"]
+    assert all("context_loss" in m for m in train)
+    assert train[-1]["context_loss"] < train[0]["context_loss"] and train[-1]["loss"] < train[0]["loss"]
+    plain = tmp_path / "plain"
+    run_sft(config(plain, data, {"path": str(tok_dir), "from_config": TINY}, epochs=1), progress=False)
+    assert all("context_loss" not in m for m in metric_lines(plain))
+
+
+def test_context_mask_never_touches_assistant_or_padding(tok_dir):
+    from genevolve.evolve import sft as sft_module
+    from genevolve.evolve.tokens import collate
+
+    tm = load_model(ModelSpec(path=str(tok_dir), from_config=TINY))
+    encoder = ChatEncoder(tm.tokenizer)
+    views = [encoder.view_sft_row(row("red fox")), encoder.view_sft_row(row("a much longer white cat name"))]
+    seen = {}
+    real = sft_module.token_logps
+
+    def spy(model, batch, **kw):
+        seen["mask"] = batch.mask_B_T.clone()
+        return real(model, batch, **kw)
+
+    sft_module.token_logps = spy
+    try:
+        params = tm.trainable_parameters()
+        sft_module._train_step(tm, [views], None, torch.optim.SGD(params, lr=0.0), params, context=(1.0, 1.0, 7))
+    finally:
+        sft_module.token_logps = real
+    plain = collate(views, tm.pad_id)
+    context = seen["mask"] & ~plain.mask_B_T.bool()
+    assert bool((seen["mask"].bool() >= plain.mask_B_T.bool()).all())  # assistant positions still scored
+    assert not bool((context & ~plain.attention_B_T.bool()).any())  # no padding
+    assert int(context.sum()) == int(plain.attention_B_T.sum() - plain.mask_B_T.sum()) - 2  # all but first tokens

@@ -106,11 +106,15 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
             t0 = time.perf_counter()
             step_views = [[view_of(train[i]) for i in mb] for mb in batches[step * s.grad_accum:(step + 1) * s.grad_accum]]
             lr = scheduler.get_last_lr()[0]
-            train_loss, grad_norm, n_tokens = _train_step(tm, step_views, s.max_grad_norm, optimizer, params)
+            train_loss, grad_norm, n_tokens, context_loss = _train_step(
+                tm, step_views, s.max_grad_norm, optimizer, params,
+                context=(s.context_loss, s.context_frac, s.seed * 1_000_003 + step))
             scheduler.step()
             seconds = time.perf_counter() - t0
             done = step + 1
-            metrics.write({"step": done, "kind": "train", "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+            metrics.write({"step": done, "kind": "train", "loss": train_loss,
+                           **({"context_loss": context_loss} if context_loss is not None else {}),
+                           "lr": lr, "grad_norm": grad_norm,
                            "tokens": n_tokens, "epoch": round(rows_before[min(done * s.grad_accum, len(batches))] / len(train), 4),
                            "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1)})
             if held and (done % s.eval_every == 0 or done == total):
@@ -124,23 +128,46 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
 
 
 def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float | None,
-                optimizer: Any, params: list[Any]) -> tuple[float, float, int]:
-    """One optimizer step over several micro-batches; the loss is the token mean over all of them."""
+                optimizer: Any, params: list[Any], context: tuple[float, float, int] = (0.0, 0.0, 0)
+                ) -> tuple[float, float, int, float | None]:
+    """One optimizer step over several micro-batches; the loss is the token mean over all of them.
+
+    ``context = (weight, frac, seed)``: with weight > 0, each micro-batch also scores a seeded
+    sample of ``frac`` of its positions on context tokens (requests, tool responses, the prompt),
+    shared by its rows so the output layer sees only those, and adds ``weight`` × their token-mean
+    NLL. Returns (assistant NLL, grad norm, assistant tokens, context NLL or None)."""
     import torch
 
+    weight, frac, seed = context
     n_tokens = sum(v.n_assistant_tokens for views in step_views for v in views)
-    total = 0.0
-    for views in step_views:
+    batches, context_masks = [], []
+    for micro, views in enumerate(step_views):
         batch = collate(views, tm.pad_id)
+        ctx_B_T = None
+        if weight > 0:
+            picked_T = torch.rand(batch.mask_B_T.shape[1], generator=torch.Generator().manual_seed(seed * 1009 + micro))
+            ctx_B_T = (batch.attention_B_T.bool() & ~batch.mask_B_T.bool() & (picked_T < frac)[None, :]).long()
+            ctx_B_T[:, 0] = 0  # the first token has no context to be predicted from
+        batches.append(batch)
+        context_masks.append(ctx_B_T)
+    n_context = sum(int(m.sum()) for m in context_masks if m is not None)
+    total, context_total = 0.0, 0.0
+    for batch, ctx_B_T in zip(batches, context_masks, strict=True):
+        mask_B_T = batch.mask_B_T
+        if ctx_B_T is not None:
+            batch.mask_B_T = mask_B_T | ctx_B_T  # one forward scores both kinds of position
         logp_B_T = token_logps(tm.model, batch)
-        mask_B_T = batch.mask_B_T.to(logp_B_T.device)
-        loss = -(logp_B_T * mask_B_T).sum() / n_tokens  # this micro-batch's share of the step's token mean
-        loss.backward()
+        loss = -(logp_B_T * mask_B_T.to(logp_B_T.device)).sum() / n_tokens  # this micro-batch's share
         total += float(loss.detach())
+        if ctx_B_T is not None and n_context:
+            ctx_loss = -(logp_B_T * ctx_B_T.to(logp_B_T.device)).sum() / n_context
+            context_total += float(ctx_loss.detach())
+            loss = loss + weight * ctx_loss
+        loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total, float(norm), n_tokens
+    return total, float(norm), n_tokens, (context_total if weight > 0 else None)
 
 
 def evaluate(tm: Any, views: list[TokenView], batch_size: int) -> float:

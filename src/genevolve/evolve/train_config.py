@@ -82,6 +82,13 @@ class SFTConfig(_Section):
     max_grad_norm: float | None = Field(1.0, description="gradient clipping norm; null: no clipping")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     seed: int = Field(0, description="data order, eval split and dropout")
+    context_loss: float = Field(
+        0.0, ge=0, description="weight of an auxiliary next-token loss on context tokens (requests, tool responses); "
+                               "for policies trained from scratch, which must learn to copy names from the request "
+                               "and tool results into their calls: tool responses echo the policy's own queries, so "
+                               "predicting them teaches copying. 0: the paper's assistant-only loss")
+    context_frac: float = Field(0.25, gt=0, le=1, description="fraction of positions, sampled per micro-batch, that the "
+                                                             "context loss scores (it bounds the output layer's cost)")
     system: Literal["row", "env"] = Field(
         "row", description="the system message trained on: each row's own, or `env`: the prompt the rollout agent "
                            "of this file's `env` section shows (its tools, budgets and prompt style), so the cold "
