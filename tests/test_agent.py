@@ -205,3 +205,12 @@ def test_compact_prompt_keeps_every_tool_skill_and_budget(tools):
     assert "Read the counting skill first." in guided and guided.startswith(compact.system_prompt.split("\n")[0])
     with pytest.raises(ValueError, match="unknown prompt style"):
         prompts.system_prompt(tools, style="tiny")
+
+
+def test_prompt_style_comes_from_the_policy_unless_the_config_names_one(tools):
+    policy = ScriptedPolicy([])
+    policy.prompt_style = "compact"
+    compact = Agent(policy, tools, AgentConfig()).system_prompt
+    assert compact == Agent(ScriptedPolicy([]), tools, AgentConfig(prompt="compact")).system_prompt
+    assert Agent(policy, tools, AgentConfig(prompt="full")).system_prompt == Agent(ScriptedPolicy([]), tools).system_prompt
+    assert len(Agent(ScriptedPolicy([]), tools).system_prompt) > 4 * len(compact)

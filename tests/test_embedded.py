@@ -15,10 +15,15 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def policy(cache_root):
     from genevolve.policy.embedded import EmbeddedPolicy, converted_model_dir
 
-    root = tmp_path_factory.mktemp("cache")
+    root = cache_root
     folder = converted_model_dir(root)
     assert (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
     assert converted_model_dir(root) == folder  # second call reuses the conversion
@@ -37,7 +42,19 @@ def test_embedded_rollout_is_protocol_exact(policy, tmp_path):
     assert traj.n_format_errors == 0, [t.content for t in traj.turns if t.role == "assistant"]
     assert traj.stop_reason == StopReason.ANSWER, traj.failure
     assert traj.program.references and traj.program.gen_prompt
-    assert traj.backends["policy"] == "embedded:smollm2-135m"
+    assert traj.backends["policy"] == "embedded:smollm2-135m+world"
+
+
+def test_bundled_adapter_is_the_default_and_asks_for_the_compact_prompt(policy, cache_root):
+    from genevolve.agent import Agent
+    from genevolve.policy.embedded import BUNDLED_ADAPTER, EmbeddedPolicy
+    from genevolve.tools.knowledge import KnowledgeTool
+
+    assert policy.adapter == str(BUNDLED_ADAPTER) and policy.prompt_style == "compact"
+    assert policy.name == "embedded:smollm2-135m+world"
+    assert "Plan an image" in Agent(policy, [KnowledgeTool()]).system_prompt
+    base = EmbeddedPolicy(adapter=None, cache_root=cache_root)
+    assert base.adapter is None and base.prompt_style is None and base.name == "embedded:smollm2-135m"
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch):

@@ -48,9 +48,11 @@ class AgentConfig(BaseModel):
         None, description="decode every turn under the protocol grammar; None: when the policy prefers it "
                           "(the embedded policy does; for a vLLM server set true)")
     sampling: Sampling = Field(default_factory=Sampling)
-    prompt: Literal["full", "compact"] = Field(
-        "full", description="system prompt style: full (tool schemas, skill guidance, answer rules) or compact "
-                            "(~250 tokens, for small policies trained with it; see genevolve.prompts.system_prompt)")
+    prompt: Literal["full", "compact"] | None = Field(
+        None, description="system prompt style: full (tool schemas, skill guidance, answer rules) or compact "
+                          "(~250 tokens, for small policies trained with it; see genevolve.prompts.system_prompt); "
+                          "None: the policy's `prompt_style` (the embedded policy with its bundled adapter: "
+                          "compact), else full")
 
 
 #: Builds the structured-decoding constraint for the next call from the rollout state (or None).
@@ -111,12 +113,13 @@ def _canonical(name: str, args: dict[str, Any]) -> str:
     return json.dumps([name, norm(args)], sort_keys=True, ensure_ascii=False)
 
 
-def agent_system_prompt(tools: Sequence[Tool], config: AgentConfig, guide: str | None = None) -> str:
-    """The system prompt an agent with these tools and budgets shows its policy (SFT re-renders rows with it)."""
+def agent_system_prompt(tools: Sequence[Tool], config: AgentConfig, guide: str | None = None,
+                        policy: Any = None) -> str:
+    """The system prompt an agent with these tools and budgets shows ``policy`` (SFT re-renders rows with it)."""
     return prompts.system_prompt(
         list(tools), max_policy_calls=config.max_policy_calls, max_tool_calls=config.max_tool_calls,
         min_references=config.min_references, max_references=config.max_references, guide=guide,
-        style=config.prompt)
+        style=config.prompt or getattr(policy, "prompt_style", None) or "full")
 
 
 class Agent:
@@ -156,7 +159,7 @@ class Agent:
 
     def system_prompt_with(self, guide: str | None) -> str:
         """This agent's system prompt with a decision-guide block (the VED teacher's context)."""
-        return agent_system_prompt(list(self.tools.values()), self.config, guide)
+        return agent_system_prompt(list(self.tools.values()), self.config, guide, self.policy)
 
     def run(self, request: str, **kw: Any) -> Trajectory:
         return asyncio.run(self.arun(request, **kw))

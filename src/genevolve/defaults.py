@@ -1,11 +1,12 @@
 """The embedded default stack: what ``genevolve run`` uses when nothing else is configured.
 
-Everything comes from registry packages and runs offline on a CPU: SmolLM2-135M-Instruct with
-protocol-grammar decoding, BM25 over Wikipedia summaries, the OpenMoji image library, the collage
+Everything comes from registry packages and runs offline on a CPU: SmolLM2-135M-Instruct with the
+bundled LoRA adapter (trained on the offline world's expert trajectories; it brings the compact system
+prompt) and protocol-grammar decoding, BM25 over Wikipedia summaries, the OpenMoji image library, the collage
 renderer and the heuristic (OCR + embedding) judge.
 
 Budgets are smaller than the paper's 11 policy / 10 tool calls: each policy call costs seconds on a
-CPU and an untrained 135M model gains nothing from more rounds. Pass a config to restore them.
+CPU and a 135M model gains little from more rounds. Pass a config to restore them.
 """
 
 from __future__ import annotations

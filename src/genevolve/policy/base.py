@@ -62,6 +62,9 @@ class Policy(ABC):
     name: str = "policy"
     #: True when the policy reads images in its context (a VLM); text-only policies see image lines.
     accepts_images: bool = False
+    #: the system prompt style the policy was trained with ("full" or "compact"); None: the agent's default.
+    #: An explicit ``agent.prompt`` in the config wins.
+    prompt_style: str | None = None
 
     @abstractmethod
     async def achat(self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None) -> str:

@@ -66,16 +66,33 @@ def converted_model_dir(root: str | Path | None = None) -> Path:
     return target
 
 
+#: The LoRA adapter shipped in the package: SFT of SmolLM2-135M-Instruct on the offline world's expert
+#: trajectories, with the compact prompt (its model card, README.md beside it, has data, command, scores).
+BUNDLED_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-world"
+
+
 class EmbeddedPolicy(HFPolicy):
-    """SmolLM2-135M-Instruct with protocol-grammar decoding; ``adapter`` is an optional LoRA folder."""
+    """SmolLM2-135M-Instruct with protocol-grammar decoding.
+
+    ``adapter``: ``"bundled"`` (default) loads the package's LoRA adapter (``BUNDLED_ADAPTER``) and asks
+    for the compact system prompt it was trained with; a folder loads that LoRA adapter; None runs the
+    base model.
+    """
 
     prefers_structured = True
     #: a 135M model fills any room it is given with repetition: keep its reasoning short
     think_max_chars = 200
 
-    def __init__(self, adapter: str | Path | None = None, device: str = "cpu", max_concurrency: int = 1,
+    def __init__(self, adapter: str | Path | None = "bundled", device: str = "cpu", max_concurrency: int = 1,
                  cache_root: str | Path | None = None, **kw: Any):
         require("transformers", "local").utils.logging.disable_progress_bar()  # keep the CLI's output readable
+        name = "embedded:smollm2-135m"
+        if adapter == "bundled":
+            if not (BUNDLED_ADAPTER / "adapter_config.json").is_file():
+                raise MissingDependency(f"the bundled adapter is missing from {BUNDLED_ADAPTER}: reinstall genevolve, "
+                                        "or pass adapter: null for the base model")
+            adapter, name = BUNDLED_ADAPTER, "embedded:smollm2-135m+world"
+            self.prompt_style = "compact"
         super().__init__(str(converted_model_dir(cache_root)), device=device, dtype="float32", adapter=adapter,
-                         max_concurrency=max_concurrency, name=kw.pop("name", "embedded:smollm2-135m"),
+                         max_concurrency=max_concurrency, name=kw.pop("name", name),
                          logits_processor_factory=llguidance_factory, **kw)
