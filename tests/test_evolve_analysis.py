@@ -68,3 +68,20 @@ def test_teacher_pushes_rank_tokens_by_the_guides_effect():
     same_up, _, same_abs = teacher_pushes(model, encoder, turns, "You are a planner.", top=3)
     assert same_abs == pytest.approx(0.0, abs=1e-5) and same_up[0].delta == pytest.approx(0.0, abs=1e-5)
     assert all(p.token in turns[2].content + encoder.end_of_turn for p in up + down)  # assistant tokens only
+
+
+def test_copy_rate_counts_first_image_queries_that_reuse_request_words():
+    from genevolve.evolve.analysis import content_words, copy_rate
+    from genevolve.types import ToolCallRecord, Trajectory
+
+    def traj(request, *queries):
+        calls = [ToolCallRecord(round=i, name="image_search", arguments={"query": q}) for i, q in enumerate(queries)]
+        return Trajectory(request=request, tool_calls=calls)
+
+    assert content_words("The FLAG of Canada, with its maple leaf") == {"canada", "maple", "leaf"}
+    runs = [traj("A statue: a cupcake carved from copper.", "cupcake", "copper"),
+            traj("A statue: a cupcake carved from copper.", "flag of Austria", "cupcake"),  # only the first counts
+            traj("The flag of the country whose capital is Ottawa.", "flag of Canada"),
+            traj("Nothing searched")]
+    assert copy_rate(runs) == (1, 3)
+    assert copy_rate([]) == (0, 0)
