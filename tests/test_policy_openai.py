@@ -66,19 +66,21 @@ class _Handler(BaseHTTPRequestHandler):
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
         try:
             time.sleep(delay)
-            if payload is None and status == 200:
-                payload = completion(srv.reply, body["model"])
-            data = json.dumps(payload or {"error": {"message": f"status {status}"}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
         finally:
+            # Out of flight before the reply is sent: once the client has its answer it may send the
+            # next request, which must not find this one still counted.
             with srv.lock:
                 srv.in_flight -= 1
+        if payload is None and status == 200:
+            payload = completion(srv.reply, body["model"])
+        data = json.dumps(payload or {"error": {"message": f"status {status}"}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def completion(content: str | None, model: str) -> dict:
