@@ -368,8 +368,7 @@ def test_torch_threads_apply_to_the_generate_thread(tok):
     torch.set_num_threads(2)
     try:
         torch.ones(64, 64) @ torch.ones(64, 64)
-        policy = HFPolicy.from_objects(make_llama(tok), tok)
-        policy.torch_threads = 1
+        policy = HFPolicy.from_objects(make_llama(tok), tok, torch_threads=1)
         policy.chat([Turn(role="user", content="hi")], sampling=Sampling(max_tokens=2, seed=0))
         assert policy._executor.submit(torch.get_num_threads).result() == 1
         assert torch.get_num_threads() == 2  # the caller's setting is untouched

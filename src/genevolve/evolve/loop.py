@@ -138,16 +138,10 @@ class EvolveRun:
             "temperature": self.ev.temperature, "top_p": self.ev.top_p,
             **({"max_tokens": self.ev.max_new_tokens} if self.ev.max_new_tokens else {})})
         agent_cfg.sampling = sampling
-        factory = None
-        if agent_cfg.structured_decoding:
-            from genevolve.policy.guided import llguidance_factory
-
-            factory = llguidance_factory
-        policy = HFPolicy.from_objects(self.tm.model, self.tm.tokenizer, self.tm.processor, name="hf:learner",
-                                       logits_processor_factory=factory, max_concurrency=self.ev.concurrency)
-        if self.ev.think_max_chars is not None:
-            policy.think_max_chars = self.ev.think_max_chars  # read by the agent's grammar
-        policy.torch_threads = self.ev.sample_threads
+        policy = HFPolicy.from_objects(
+            self.tm.model, self.tm.tokenizer, self.tm.processor, name="hf:learner",
+            structured=bool(agent_cfg.structured_decoding), think_max_chars=self.ev.think_max_chars,
+            max_concurrency=self.ev.concurrency, torch_threads=self.ev.sample_threads)
         tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
                             download=env.download)
         return Agent(policy, tools, agent_cfg)

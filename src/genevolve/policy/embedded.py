@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from genevolve.cache import cache_dir
-from genevolve.policy.guided import llguidance_factory
 from genevolve.policy.hf import HFPolicy
 from genevolve.registry import MissingDependency, require
 
@@ -95,4 +94,4 @@ class EmbeddedPolicy(HFPolicy):
             self.prompt_style = "compact"
         super().__init__(str(converted_model_dir(cache_root)), device=device, dtype="float32", adapter=adapter,
                          max_concurrency=max_concurrency, name=kw.pop("name", name),
-                         logits_processor_factory=llguidance_factory, **kw)
+                         structured=True, **kw)

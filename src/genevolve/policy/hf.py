@@ -158,16 +158,6 @@ class HFPolicy(Policy):
         think_max_chars: int | None = None,
         torch_threads: int | None = None,
     ) -> None:
-        if structured:
-            if logits_processor_factory is not None:
-                raise ValueError("structured=True brings its own logits_processor_factory (llguidance); pass one or the other")
-            from genevolve.policy.guided import llguidance_factory
-
-            logits_processor_factory = llguidance_factory
-            self.prefers_structured = True
-        if think_max_chars is not None:
-            self.think_max_chars = think_max_chars
-        self.torch_threads = torch_threads
         if device == "auto":
             device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
         model_obj, tokenizer, processor = _load(
@@ -183,6 +173,9 @@ class HFPolicy(Policy):
             name=name or f"hf:{model}",
             max_image_side=max_image_side,
             logits_processor_factory=logits_processor_factory,
+            structured=structured,
+            think_max_chars=think_max_chars,
+            torch_threads=torch_threads,
         )
 
     @classmethod
@@ -198,6 +191,9 @@ class HFPolicy(Policy):
         name: str | None = None,
         max_image_side: int = DEFAULT_MAX_SIDE,
         logits_processor_factory: LogitsProcessorFactory | None = None,
+        structured: bool = False,
+        think_max_chars: int | None = None,
+        torch_threads: int | None = None,
     ) -> HFPolicy:
         """Wrap an already-built model with its tokenizer and/or processor (tests, training loops)."""
         if tokenizer is None and processor is None:
@@ -217,6 +213,9 @@ class HFPolicy(Policy):
             name=name or f"hf:{label}",
             max_image_side=max_image_side,
             logits_processor_factory=logits_processor_factory,
+            structured=structured,
+            think_max_chars=think_max_chars,
+            torch_threads=torch_threads,
         )
         return self
 
@@ -232,7 +231,20 @@ class HFPolicy(Policy):
         name: str,
         max_image_side: int,
         logits_processor_factory: LogitsProcessorFactory | None,
+        structured: bool = False,
+        think_max_chars: int | None = None,
+        torch_threads: int | None = None,
     ) -> None:
+        if structured:
+            if logits_processor_factory is not None:
+                raise ValueError("structured=True brings its own logits_processor_factory (llguidance); pass one or the other")
+            from genevolve.policy.guided import llguidance_factory
+
+            logits_processor_factory = llguidance_factory
+            self.prefers_structured = True
+        if think_max_chars is not None:
+            self.think_max_chars = think_max_chars
+        self.torch_threads = torch_threads
         vlm = processor is not None
         if accepts_images and not vlm:
             raise ConfigError(f"{name}: accepts_images=True but the model has no image processor (not a VLM)")
