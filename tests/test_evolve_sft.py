@@ -286,7 +286,7 @@ def test_context_loss_scores_only_sampled_context_positions(tmp_path, tok_dir, d
     assert all("context_loss" not in m for m in metric_lines(plain))
 
 
-def test_context_mask_never_touches_assistant_or_padding(tok_dir):
+def test_context_mask_never_touches_assistant_or_padding(tok_dir, monkeypatch):
     from genevolve.evolve import sft as sft_module
     from genevolve.evolve.tokens import collate
 
@@ -300,12 +300,9 @@ def test_context_mask_never_touches_assistant_or_padding(tok_dir):
         seen["mask"] = batch.mask_B_T.clone()
         return real(model, batch, **kw)
 
-    sft_module.token_logps = spy
-    try:
-        params = tm.trainable_parameters()
-        sft_module._train_step(tm, [views], None, torch.optim.SGD(params, lr=0.0), params, context=(1.0, 1.0, 7))
-    finally:
-        sft_module.token_logps = real
+    monkeypatch.setattr(sft_module, "token_logps", spy)
+    params = tm.trainable_parameters()
+    sft_module._train_step(tm, [views], None, torch.optim.SGD(params, lr=0.0), params, context=(1.0, 1.0, 7))
     plain = collate(views, tm.pad_id)
     context = seen["mask"] & ~plain.mask_B_T.bool()
     assert bool((seen["mask"].bool() >= plain.mask_B_T.bool()).all())  # assistant positions still scored
