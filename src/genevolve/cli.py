@@ -250,7 +250,7 @@ def sft(
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("max_steps", max_steps)) if v is not None}
     try:
         cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
-        result = run_sft(cfg, fresh=fresh)
+        result = run_sft(cfg, fresh=fresh, config_dir=config.parent)
     except (ConfigError, MissingDependency) as exc:
         _fail(str(exc))
     if result.resumed_from:

@@ -63,8 +63,9 @@ def cosine_with_warmup(total: int, warmup: int, min_frac: float) -> Callable[[in
     return factor
 
 
-def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTResult:
-    """Train, or resume the run in ``cfg.sft.out``; return where the final weights are."""
+def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_dir: Path | None = None) -> SFTResult:
+    """Train, or resume the run in ``cfg.sft.out``; return where the final weights are. ``config_dir``:
+    where a relative ``env`` path is also looked for (the config file's folder), as evolve does."""
     import torch
 
     from genevolve.evolve.model import load_model, save_model
@@ -75,7 +76,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True) -> SFTR
     tm = load_model(cfg.model)
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
     examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed,
-                                      system=cfg.system_prompt())
+                                      system=cfg.system_prompt(config_dir))
     if not examples:
         raise ConfigError(f"no usable SFT rows in {', '.join(s.data)} ({len(skipped)} skipped; see {out / 'data.json'})")
     train, held = split(examples, s.eval_frac, s.seed)

@@ -36,3 +36,25 @@ def build(
                   f"({m['n_gt_dropped']} GT programs failed their own checks and were left out); "
                   f"{m['n_sft_ok']} expert trajectories")
     console.print(f"benchmark it: genevolve bench --data {out}/bench.jsonl --config {out}/config.yaml --out runs/NAME")
+
+
+@world_app.command("tokenizer")
+def tokenizer(
+    world: Annotated[Path, typer.Argument(help="a built world folder")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="tokenizer folder (default WORLD/tokenizer)")] = None,
+    vocab: Annotated[int, typer.Option(min=300, help="vocabulary size, special tokens included")] = 4096,
+    base: Annotated[str, typer.Option(help="tokenizer whose special tokens and chat template are kept")] = "embedded",
+) -> None:
+    """Fit a byte-level BPE to the world's SFT and RL text, for a policy trained from scratch (model.path)."""
+    from rich.console import Console
+
+    from genevolve.registry import ConfigError
+    from genevolve.world.tokenizer import world_tokenizer
+
+    console = Console()
+    try:
+        folder = world_tokenizer(world, out, vocab_size=vocab, base=base)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote a {vocab}-token tokenizer to {folder} (use it as model.path with model.from_config)")
