@@ -134,3 +134,53 @@ def test_unpack_bitmask_matches_the_bit_definition(words, cut):
     vocab = 32 * len(words) - cut
     got = unpack_bitmask(torch.tensor(words, dtype=torch.int32), vocab).tolist()
     assert got == [bool((words[i // 32] >> (i % 32)) & 1) for i in range(vocab)]
+
+
+def test_grounded_words_keep_order_case_and_skip_ids():
+    from genevolve.structured import grounded_words
+
+    words = grounded_words(["Draw the flag of Kuwait", "IMG_001: flag of Kuwait City, well-known"])
+    assert words[:4] == ["Draw", "draw", "the", "flag"]
+    assert "IMG_001" not in words and "img_001" not in words and "well-known" in words and "city" in words
+    assert grounded_words(["a b c d"], limit=2) == ["a", "b"]
+
+
+def test_grounded_query_grammar_admits_only_seen_words(tok, tools):
+    from genevolve.structured import _grounded_image_tool, grounded_words
+
+    image = next(t for t in tools if t.name == "image_search")
+    words = grounded_words(["Draw the flag of the country whose capital is Kuwait City.",
+                            "Kuwait City is the capital of Kuwait."])
+    g = protocol_grammar([_grounded_image_tool(image, words)], None)
+
+    def call(query: str) -> str:
+        return format_turn("x", tool_call=ToolCall("image_search", {"query": query, "top_k": 5}))
+
+    assert accepts(tok, g, call("flag of Kuwait")) and accepts(tok, g, call("kuwait city"))
+    for query in ("poodle", "flag of Kuwaitt", "flag  of Kuwait", "flag of Kuwait ", " ".join(["flag"] * 7)):
+        assert not accepts(tok, g, call(query)), query
+
+
+def test_grounded_factory_uses_the_request_and_every_observation(tools):
+    factory = constraint_factory(tools, max_tool_calls=10, grounded_queries=True)
+    state = _state(request="a red fox")
+    state.observations.append("Foxes are small omnivorous mammals.")
+    grammar = factory(state).value
+    assert "omnivorous" in grammar and "fox" in grammar and "mammals" in grammar
+    assert "omnivorous" not in constraint_factory(tools, max_tool_calls=10)(state).value
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grounded_rollout_queries_only_use_seen_words(tok, tools, seed):
+    import re
+
+    policy = HFPolicy.from_objects(make_llama(tok, seed=seed), tok, logits_processor_factory=llguidance_factory)
+    cfg = AgentConfig(max_policy_calls=4, max_tool_calls=3, structured_decoding=True, grounded_queries=True,
+                      sampling=Sampling(temperature=1.0, seed=seed, max_tokens=2000))
+    traj = Agent(policy, tools, cfg).run("a fox in the snow")
+    seen = " ".join([traj.request] + [t.content for t in traj.turns if t.kind == "tool_response"])
+    queries = [c.arguments["query"] for c in traj.tool_calls if c.name == "image_search"]
+    assert queries  # an answer needs a retrieved image, and every seed here ends with one
+    for query in queries:
+        for word in query.split(" "):
+            assert re.search(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", seen, flags=re.IGNORECASE), (word, seen)

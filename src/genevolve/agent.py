@@ -47,6 +47,10 @@ class AgentConfig(BaseModel):
     structured_decoding: bool | None = Field(
         None, description="decode every turn under the protocol grammar; None: when the policy prefers it "
                           "(the embedded policy does; for a vLLM server set true)")
+    grounded_queries: bool = Field(
+        False, description="with structured decoding: every word of an image_search query must appear in the "
+                           "request or a tool response so far (an aid for small policies that cannot yet copy "
+                           "names reliably: they choose and combine words instead of inventing them)")
     sampling: Sampling = Field(default_factory=Sampling)
     prompt: Literal["full", "compact"] | None = Field(
         None, description="system prompt style: full (tool schemas, skill guidance, answer rules) or compact "
@@ -71,6 +75,7 @@ class RolloutState:
     next_image_number: int = 1
     calls_seen: dict[str, int] = field(default_factory=dict)  # canonical call -> round first made
     last_repeated_tool: str | None = None  # the tool of the previous call, if that call was a repeat
+    observations: list[str] = field(default_factory=list)  # tool-response texts shown so far, in order
 
     def register(self, image: RetrievedImage) -> RetrievedImage:
         """Give a retrieved image the next ``IMG_###`` id; the same file or URL keeps its first id."""
@@ -151,7 +156,8 @@ class Agent:
             extra = {"think_max_chars": policy.think_max_chars} if hasattr(policy, "think_max_chars") else {}
             constraint_factory = protocol_constraints(
                 list(self.tools.values()), min_references=self.config.min_references,
-                max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls, **extra)
+                max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls,
+                grounded_queries=self.config.grounded_queries, **extra)
         self.constraint_factory = constraint_factory
         self.system_prompt = self.system_prompt_with(guide)
 
@@ -287,7 +293,9 @@ class Agent:
             paths = [im.path for im in registered if im.path is not None] if attach else []
             self._observe(traj, text, images=paths)
         else:
-            self._observe(traj, obs.text)
+            text = obs.text
+            self._observe(traj, text)
+        state.observations.append(text)
         traj.retrieved = list(state.images.values())
 
     # -- helpers ----------------------------------------------------------------------------------

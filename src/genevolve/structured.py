@@ -11,7 +11,9 @@ Rules that depend on the rollout (``constraint_factory``):
 - while no usable image exists and at most one tool call is left before the final step, only
   ``image_search`` is allowed, and its query must be a word or phrase of the request, so that a
   rollout can end with a usable reference even when the model's own queries found nothing;
-- a tool whose previous call was an exact repeat is not offered on the next turn.
+- a tool whose previous call was an exact repeat is not offered on the next turn;
+- with ``grounded_queries``, an ``image_search`` query may only use words that the request or a tool
+  response has shown (``grounded_query_pattern``).
 JSON is compact (no free whitespace) and strings are length-bounded so a weak model cannot ramble.
 """
 
@@ -42,7 +44,7 @@ def _bounded(schema: Any) -> Any:
         out = {k: _bounded(v) for k, v in schema.items() if k not in ("title", "default", "description")}
         if out.get("type") == "string" and "enum" not in out and "const" not in out:
             out["maxLength"] = min(int(out.get("maxLength", ARG_STRING_MAX_CHARS)), ARG_STRING_MAX_CHARS)
-            out["pattern"] = ARG_STRING
+            out.setdefault("pattern", ARG_STRING)  # a pattern of the schema's own (grounded queries) stays
         if out.get("type") == "array":
             out["maxItems"] = min(int(out.get("maxItems", 3)), 3)
         if out.get("type") == "object":
@@ -126,23 +128,61 @@ def request_phrases(request: str, limit: int = 24) -> list[str]:
     return list(dict.fromkeys(p[:ARG_STRING_MAX_CHARS] for p in phrases))[:limit]
 
 
-def _fallback_image_tool(tool: Tool, phrases: list[str]) -> Tool:
-    """``tool`` whose schema only admits ``query`` values from ``phrases``."""
+#: a word the grounded-query pattern may use: letters/digits, inner apostrophes and hyphens (no regex
+#: metacharacters, so words go into the pattern as they are)
+_WORD = r"[^\W_][\w'-]*"
+GROUNDED_MAX_WORDS = 6
+GROUNDED_VOCAB = 600
+
+
+def grounded_words(texts: Sequence[str], limit: int = GROUNDED_VOCAB) -> list[str]:
+    """Distinct words of ``texts`` in order of first appearance, each also in lower case; the first
+    ``limit`` (the request comes first, so its words are always kept)."""
+    import re
+
+    words: dict[str, None] = {}
+    for text in texts:
+        for w in re.findall(_WORD, text):
+            if len(w) <= 40 and "_" not in w:  # no ids (IMG_001): ARG_STRING bans underscores too
+                words.setdefault(w, None)
+                words.setdefault(w.lower(), None)
+    return list(words)[:limit]
+
+
+def grounded_query_pattern(words: Sequence[str], max_words: int = GROUNDED_MAX_WORDS) -> str:
+    """A regex for a query of 1..``max_words`` space-separated words, each one of ``words``."""
+    alt = "(?:" + "|".join(sorted(set(words), key=lambda w: (-len(w), w))) + ")"
+    return f"^{alt}(?: {alt}){{0,{max_words - 1}}}$"
+
+
+def _grounded_image_tool(tool: Tool, words: list[str]) -> Tool:
+    """``tool`` whose ``query`` must be made of ``words``."""
     schema = tool.schema()
-    schema["properties"] = {**schema.get("properties", {}), "query": {"enum": phrases}}
+    query = {"type": "string", "maxLength": ARG_STRING_MAX_CHARS, "pattern": grounded_query_pattern(words)}
+    schema["properties"] = {**schema.get("properties", {}), "query": query}
+    return _with_schema(tool.name, schema)
 
+
+def _with_schema(name: str, schema: dict[str, Any]) -> Tool:
     class Restricted:
-        name = tool.name
-
         @staticmethod
         def schema() -> dict[str, Any]:
             return schema
 
+    Restricted.name = name  # type: ignore[attr-defined]
     return Restricted()  # type: ignore[return-value]
 
 
+def _fallback_image_tool(tool: Tool, phrases: list[str]) -> Tool:
+    """``tool`` whose schema only admits ``query`` values from ``phrases``."""
+    schema = tool.schema()
+    schema["properties"] = {**schema.get("properties", {}), "query": {"enum": phrases}}
+    return _with_schema(tool.name, schema)
+
+
 def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_references: int = 2,
-                       max_tool_calls: int = 10, think_max_chars: int = THINK_MAX_CHARS):
+                       max_tool_calls: int = 10, think_max_chars: int = THINK_MAX_CHARS,
+                       grounded_queries: bool = False):
     """A ``ConstraintFactory`` for ``Agent``: the grammar for the rollout's current state."""
     by_name = {t.name: t for t in tools}
 
@@ -150,6 +190,9 @@ def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_re
         usable = [i for i, im in state.images.items() if im.path is not None]
         can_answer = len(usable) >= min_references
         allowed: list[Tool] = [] if state.final else [t for t in tools if t.name != state.last_repeated_tool]
+        if grounded_queries and "image_search" in by_name:
+            words = grounded_words([state.request, *state.observations])
+            allowed = [_grounded_image_tool(t, words) if t.name == "image_search" and words else t for t in allowed]
         left = max_tool_calls - state.n_tool_calls
         if not state.final and not usable and left <= 1 and "image_search" in by_name:
             phrases = request_phrases(state.request)
