@@ -3,7 +3,8 @@
     python benchmarks/ablation.py [--world worlds/w0] [--out runs/ablation] [--quick]
 
 Arms (every one uses the policy model of ``--config``, by default configs/world-tiny.yaml: a 2-layer
-Llama trained from scratch on the world, with the compact prompt and structured decoding):
+Llama trained from scratch on the world with the world's own tokenizer, the compact prompt,
+structured decoding and grounded image queries):
 
     untuned   the randomly initialised model under the protocol grammar, no training
     sft       SFT on the world's expert trajectories (the config's `sft` section)
@@ -22,9 +23,10 @@ config under OUT/configs/, so a stopped ablation resumes where it stopped when r
 be rerun by hand. OUT/results.json holds every number; OUT/results.md the table, the rollouts-to-match
 figure, wall times and the teacher's token pushes; OUT/curves.png the learning curves.
 
-Sizes (full / --quick): 3 / 1 seeds, SFT 1 epoch / 12 steps, 10 / 2 RL steps of 2 requests x 4
+Sizes (full / --quick): 3 / 1 seeds, SFT 1 epoch / 12 steps, 16 / 2 RL steps of 2 requests x 4
 rollouts, 1 benchmark item per category (16 items). These are what fit 90 minutes on 2 cores;
-docs/results.md reports a full run.
+docs/results.md reports a full run. A missing world is built (seed 0, 4,000 SFT rows) and a config
+whose model.path is a world's tokenizer folder gets ``--world``'s (fitted when missing).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ RL_FORMS = {"grpo": "none", "ved_kl": "kl", "ved_adv": "advantage"}
 DIMS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 TRACKS = ("knowledge", "quality")
 
-FULL = {"seeds": [0, 1, 2], "sft_epochs": 1.0, "sft_max_steps": None, "steps": 10, "requests_per_step": 2, "k": 4,
+FULL = {"seeds": [0, 1, 2], "sft_epochs": 1.0, "sft_max_steps": None, "steps": 16, "requests_per_step": 2, "k": 4,
         "per_category": 1}
 QUICK = {"seeds": [0], "sft_epochs": 1.0, "sft_max_steps": 12, "steps": 2, "requests_per_step": 2, "k": 4,
          "per_category": 1}
@@ -120,7 +122,16 @@ class Ablation:
         return path
 
     def model_section(self, seed: int) -> dict[str, Any]:
-        return {**self.base["model"], "seed": seed}
+        model = {**self.base["model"], "seed": seed}
+        if Path(model.get("path", "")).name == "tokenizer":  # a world tokenizer: this world's, fitted once
+            folder = self.world / "tokenizer"
+            with self.lock:
+                if not (folder / "tokenizer.json").is_file():
+                    from genevolve.world.tokenizer import world_tokenizer
+
+                    world_tokenizer(self.world, folder)
+            model["path"] = str(folder)
+        return model
 
     def untuned_model(self, seed: int) -> Path:
         """The seed's random initialisation, saved as a model folder."""
@@ -359,7 +370,7 @@ def _push(t: Any) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", default="worlds/w0", help="a built world (genevolve world build --seed 0 --out DIR)")
+    ap.add_argument("--world", default="worlds/w0", help="a built world (genevolve world build --seed 0 --sft 4000 --out DIR)")
     ap.add_argument("--config", default="configs/world-tiny.yaml", help="model, sft, env and evolve settings")
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--quick", action="store_true", help="one seed, short stages: a ~10-minute smoke run")
@@ -368,7 +379,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (Path(args.world) / "manifest.json").is_file():
         print(f"building the world into {args.world} (about 90 s)", flush=True)
-        subprocess.run(["genevolve", "world", "build", "--seed", "0", "--out", args.world], check=True)
+        subprocess.run(["genevolve", "world", "build", "--seed", "0", "--sft", "4000", "--out", args.world], check=True)
     ab = Ablation(args, QUICK if args.quick else FULL)
     t = time.perf_counter()
     results = ab.run()
