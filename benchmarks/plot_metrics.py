@@ -17,6 +17,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/reward.png)")
+    ap.add_argument("--window", type=int, default=5, help="steps in the trailing mean also drawn (1: none)")
     args = ap.parse_args()
 
     import matplotlib
@@ -38,6 +39,11 @@ def main() -> None:
     ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                     [m + s for m, s in zip(mean, std, strict=True)], color="C0", alpha=0.2, label="± std over rollouts")
     ax.plot(steps, best, label="best rollout", color="C1", linestyle="--")
+    if args.window > 1:
+        from genevolve.evolve.analysis import moving_average
+
+        ax.plot(steps, moving_average(mean, args.window), color="C2", linewidth=2,
+                label=f"mean reward, trailing {args.window}-step mean")
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax.set_title(str(args.run))
@@ -46,6 +52,10 @@ def main() -> None:
     out = args.out or args.run / "reward.png"
     fig.savefig(out)
     print(f"wrote {out}")
+    third = max(1, len(mean) // 3)
+    print("mean reward by thirds of the run: " + ", ".join(
+        f"steps {steps[i]}-{steps[min(i + third, len(steps)) - 1]}: {sum(mean[i:i + third]) / len(mean[i:i + third]):.3f}"
+        for i in range(0, len(mean), third)))
 
 
 if __name__ == "__main__":
