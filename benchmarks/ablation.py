@@ -190,10 +190,11 @@ class Ablation:
     def run(self) -> dict[str, Any]:
         """Every stage as a task; ``--jobs`` tasks at a time, each as soon as its SFT model exists."""
         tasks: dict[str, tuple[list[str], Callable[[], Any]]] = {}
+        for s in self.sizes["seeds"]:  # the SFT runs first: they are the long stages every other waits on
+            tasks[f"sft/{s}/train"] = ([], lambda s=s: self.sft(s))
         for s in self.sizes["seeds"]:
             sft = f"sft/{s}/train"
             tasks[f"untuned/{s}"] = ([], lambda s=s: self.bench("untuned", s, self.untuned_model(s)))
-            tasks[sft] = ([], lambda s=s: self.sft(s))
             tasks[f"sft/{s}"] = ([sft], lambda s=s: self.bench("sft", s, self.sft(s)))
             for arm in RL_FORMS:
                 tasks[f"{arm}/{s}"] = ([sft], lambda s=s, arm=arm: self.bench(arm, s, self.evolve(arm, s, self.sft(s))))
