@@ -245,7 +245,7 @@ def _cell(values: list[float | None]) -> str:
 
 
 def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
-    from genevolve.evolve.analysis import mean_std, reward_curve, rollouts_to_reach
+    from genevolve.evolve.analysis import mean_std, reward_curve, rollouts_to_reach, run_seconds
 
     seeds = ab.sizes["seeds"]
     scores = {arm: {s: _scores(results[arm][s]) for s in seeds} for arm in ARMS}
@@ -269,7 +269,8 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
     for arm in ARMS:
         per_seed = []
         for s in seeds:
-            train = ab.timings.get(f"{arm}/{s}/train", 0.0)
+            run = ab.out / f"seed{s}" / arm
+            train = run_seconds(run) if (run / "metrics.jsonl").is_file() else 0.0  # kept steps only: resume-proof
             per_seed.append((train, ab.timings.get(f"{arm}/{s}/eval", 0.0)))
         wall[arm] = {"train_s": mean_std([t for t, _ in per_seed]), "eval_s": mean_std([e for _, e in per_seed])}
 
@@ -285,7 +286,8 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
     md += ["", f"Rollouts for the seed-mean curve ({window}-step trailing mean) to reach GRPO's final reward "
                f"{final['grpo'][0]:.3f}:", ""]
     md += [f"- {arm}: {match[arm] if match[arm] is not None else 'not reached'}" for arm in match]
-    md += ["", "## Wall time per arm (mean over seeds, seconds; SFT's train time is shared by the RL arms)", "",
+    md += ["", "## Time per arm (mean over seeds, seconds): train = the steps' own time from metrics.jsonl "
+               "(SFT's is shared by the RL arms; loading left out), eval = the benchmark call's wall time", "",
            "| arm | train | eval |", "|---|---|---|"]
     md += [f"| {arm} | {wall[arm]['train_s'][0]:.0f} | {wall[arm]['eval_s'][0]:.0f} |" for arm in ARMS]
     md += ["", f"## Bundles that most change the teacher's token choices (ved_kl, seed {seeds[0]})", ""]

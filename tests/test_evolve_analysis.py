@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genevolve.evolve.analysis import mean_std, moving_average, reward_curve, rollouts_to_reach
+from genevolve.evolve.analysis import mean_std, moving_average, reward_curve, rollouts_to_reach, run_seconds
 
 finite = st.floats(-10, 10, allow_nan=False)
 
@@ -85,3 +85,17 @@ def test_copy_rate_counts_first_image_queries_that_reuse_request_words():
             traj("Nothing searched")]
     assert copy_rate(runs) == (1, 3)
     assert copy_rate([]) == (0, 0)
+
+
+def test_run_seconds_counts_each_step_once_for_both_kinds_of_run(tmp_path):
+    evolve, sft = tmp_path / "evolve", tmp_path / "sft"
+    evolve.mkdir()
+    sft.mkdir()
+    lines = [{"step": 0, "seconds": {"sample": 2.0, "update": 1.0}}, {"step": 1, "seconds": {"sample": 9.0}},
+             {"step": 1, "seconds": {"sample": 4.0, "update": 0.5}}]  # step 1 again after a resume
+    (evolve / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert run_seconds(evolve) == pytest.approx(7.5)
+    lines = [{"step": 1, "kind": "train", "seconds": 1.5}, {"step": 2, "kind": "train", "seconds": 2.0},
+             {"step": 2, "kind": "eval", "eval_loss": 0.4}]
+    (sft / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert run_seconds(sft) == pytest.approx(3.5)

@@ -60,6 +60,22 @@ def reward_curve(run: str | Path) -> tuple[list[int], list[float]]:
     return rollouts, rewards
 
 
+def run_seconds(run: str | Path) -> float:
+    """Seconds a training run spent in its steps, summed from ``metrics.jsonl`` (SFT: each train line's
+    ``seconds``; evolve: each step's phase seconds). A step logged twice counts once, so a run that
+    was stopped and resumed reports the time of the steps it kept; loading and evaluation are left out."""
+    by_step: dict[int, float] = {}
+    for line in (Path(run) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("kind", "train") != "train":
+            continue
+        seconds = record.get("seconds", 0.0)
+        by_step[int(record["step"])] = float(sum(seconds.values()) if isinstance(seconds, dict) else seconds)
+    return sum(by_step.values())
+
+
 def rollouts_to_reach(rollouts: Sequence[int], rewards: Sequence[float], target: float, *,
                       window: int = 1) -> int | None:
     """The first rollout count whose trailing ``window``-step mean reward is at least ``target``
