@@ -28,7 +28,7 @@ class SFTRowError(ValueError):
     """The row does not have the GenEvolve-Data SFT shape; the message says what is wrong."""
 
 
-def _content_text(content: Any, where: str) -> tuple[str, list[str]]:
+def content_text(content: Any, where: str) -> tuple[str, list[str]]:
     """Message content as text with ``<image>`` placeholders, plus inline image refs (for part lists)."""
     if isinstance(content, str):
         return content, []
@@ -60,7 +60,7 @@ def trajectory_from_sft_row(row: dict[str, Any], root: str | Path | None = None,
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
             raise SFTRowError(f"messages[{i}] needs a role of system, user or assistant")
-        text, inline = _content_text(msg.get("content", ""), f"messages[{i}]")
+        text, inline = content_text(msg.get("content", ""), f"messages[{i}]")
         n = text.count(IMAGE_PLACEHOLDER)
         if inline and all(inline):
             turn_images = inline

@@ -28,7 +28,9 @@ FIT_SPLITS = ("sft.jsonl", "rl.jsonl")
 
 def world_texts(world: Path, base: Any) -> Iterator[str]:
     """The text a policy sees in ``world``: each expert trajectory rendered with ``base``'s chat
-    template, then each RL request. Image parts are left out (they are placeholders in the template)."""
+    template (image parts as the ``<image>`` placeholder the policy sees), then each RL request."""
+    from genevolve.sft_rows import content_text
+
     sft = world / FIT_SPLITS[0]
     if not sft.is_file():
         raise ConfigError(f"{world} has no {FIT_SPLITS[0]}: build the world first (genevolve world build)")
@@ -36,7 +38,8 @@ def world_texts(world: Path, base: Any) -> Iterator[str]:
         if not line.strip():
             continue
         row = json.loads(line)
-        messages = [{"role": m["role"], "content": _text(m["content"])} for m in row.get("messages", [])]
+        messages = [{"role": m["role"], "content": content_text(m["content"], f"{sft.name}: {row.get('id')}")[0]}
+                    for m in row.get("messages", [])]
         if messages:
             yield base.apply_chat_template(messages, tokenize=False)
     rl = world / FIT_SPLITS[1]
@@ -44,12 +47,6 @@ def world_texts(world: Path, base: Any) -> Iterator[str]:
         for line in rl.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 yield json.loads(line)["question"]
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
 def world_tokenizer(world: str | Path, out: str | Path | None = None, *, vocab_size: int = 4096,
