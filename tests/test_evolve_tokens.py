@@ -292,3 +292,56 @@ def test_real_smollm2_tokenizer_when_cached():
         prompt = real.apply_chat_template([t.model_dump(include={"role", "content"}) for t in TURNS[:i]],
                                           add_generation_prompt=True, tokenize=False)
         assert view.input_ids[:start] == real(prompt, add_special_tokens=False)["input_ids"]
+
+
+# -- forced tokens --------------------------------------------------------------------------------
+
+
+@st.composite
+def forced_turns(draw):
+    """TURNS with random forced spans on each assistant turn."""
+    out = []
+    for turn in TURNS:
+        if turn.role != "assistant":
+            out.append(turn)
+            continue
+        n = len(turn.content)
+        cuts = sorted(draw(st.sets(st.integers(min_value=0, max_value=n), max_size=8)))
+        pairs = [(a, b) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if b > a]
+        out.append(turn.model_copy(update={"forced": pairs}))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(forced_turns(), st.sampled_from(sorted(TEMPLATES)))
+def test_skip_forced_masks_exactly_the_tokens_inside_forced_spans(tok, turns, name):
+    plain = encoder(tok, TEMPLATES[name]).view(turns)
+    skipping = encoder(tok, TEMPLATES[name], skip_forced=True).view(turns)
+    assert skipping.input_ids == plain.input_ids and skipping.spans == plain.spans
+    assistant = [t for t in turns if t.role == "assistant"]
+    for (start, end), turn in zip(plain.spans, assistant, strict=True):
+        inside = set().union(*[range(a, b) for a, b in turn.forced]) if turn.forced else set()
+        at = 0
+        for t in range(start, end):
+            piece = decode(tok, [plain.input_ids[t]])
+            chars = range(at, at + len(piece)) if piece != "<|im_end|>" else range(0)
+            at += len(chars)
+            wholly_forced = bool(chars) and set(chars) <= inside
+            assert skipping.mask[t] == (0 if wholly_forced else 1), (piece, turn.forced)
+    assert skipping.n_forced == sum(plain.mask) - sum(skipping.mask)
+    assert plain.n_forced == 0
+
+
+def test_skip_forced_keeps_teacher_alignment_and_needs_a_fast_tokenizer(tok):
+    turns = [t.model_copy(update={"forced": [(0, 7)]}) if t.role == "assistant" else t for t in TURNS]
+    enc = encoder(tok, CHATML, skip_forced=True)
+    student, teacher = enc.view(turns), enc.view(turns, system="guide")
+    assert student.n_forced == teacher.n_forced > 0
+    s_pos, t_pos = aligned_positions(student, teacher)
+    assert len(s_pos) == sum(student.mask)
+
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(TokenViewError, match="fast tokenizer"):
+        ChatEncoder(Slow(), skip_forced=True)

@@ -18,7 +18,7 @@ from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.protocol import ToolCall, format_turn, parse_turn  # noqa: E402
 from genevolve.structured import constraint_factory, protocol_grammar  # noqa: E402
 from genevolve.tools.knowledge import KnowledgeTool  # noqa: E402
-from genevolve.types import RetrievedImage, StopReason, Turn  # noqa: E402
+from genevolve.types import RetrievedImage, StopReason, Trajectory, Turn  # noqa: E402
 from tests.fakes import FakeImages, FakeSearch  # noqa: E402
 from tests.test_policy_hf import make_tokenizer, text_config  # noqa: E402
 
@@ -113,6 +113,8 @@ def test_structured_rollout_with_a_random_model_ends_with_a_program(tok, tools):
     assert traj.n_format_errors == 0
     assert traj.stop_reason == StopReason.ANSWER, (traj.failure, [t.content[:200] for t in traj.turns[2:]])
     assert traj.program.references
+    assert all(t.forced for t in traj.turns if t.role == "assistant")  # the grammar's scaffolding, kept
+    assert Trajectory.from_json(traj.to_json()).turns == traj.turns
 
 
 def test_other_constraint_kinds(tok):
@@ -184,3 +186,74 @@ def test_grounded_rollout_queries_only_use_seen_words(tok, tools, seed):
     for query in queries:
         for word in query.split(" "):
             assert re.search(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", seen, flags=re.IGNORECASE), (word, seen)
+
+
+# -- forced spans ------------------------------------------------------------------------------
+
+
+def _reference_spans(text: str, byte_flags: list[bool]) -> list[tuple[int, int]]:
+    """Forced characters from per-byte flags, grouped into runs (one character at a time)."""
+    import itertools
+
+    flags, at = [], 0
+    for char in text:
+        width = len(char.encode("utf-8"))
+        flags.append(all(byte_flags[at:at + width]))
+        at += width
+    spans, i = [], 0
+    for value, run in itertools.groupby(flags):
+        n = len(list(run))
+        if value:
+            spans.append((i, i + n))
+        i += n
+    return spans
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=40), cuts=st.lists(st.integers(min_value=1, max_value=160), max_size=12),
+       counts=st.lists(st.integers(min_value=-1, max_value=6), min_size=1, max_size=12))
+def test_forced_spans_mark_characters_whose_bytes_were_all_forced(text, cuts, counts):
+    from genevolve.policy.guided import forced_spans
+
+    data = text.encode("utf-8")
+    bounds = [0, *sorted({c for c in cuts if c < len(data)}), len(data)]
+    tokens = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]  # may split a character
+    pieces = [(t, counts[i % len(counts)]) for i, t in enumerate(tokens)]
+    byte_flags = [j < n for t, n in pieces for j in range(len(t))]
+    got_text, spans = forced_spans(pieces)
+    assert got_text == text
+    assert spans == _reference_spans(text, byte_flags)
+    Turn(role="assistant", content=text, forced=spans)  # valid spans for a turn
+
+
+def test_forced_spans_give_up_on_broken_utf8():
+    from genevolve.policy.guided import forced_spans
+
+    assert forced_spans([("é".encode()[:1], 1)]) == ("\ufffd", [])
+
+
+def test_turn_rejects_bad_forced_spans():
+    for spans in ([(0, 0)], [(2, 1)], [(0, 9)], [(3, 4), (1, 2)], [(0, 2), (1, 3)]):
+        with pytest.raises(ValueError, match="forced spans"):
+            Turn(role="assistant", content="abcdef", forced=spans)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_replies_under_the_grammar_report_the_forced_scaffolding(tok, tools, seed):
+    import asyncio
+
+    policy = HFPolicy.from_objects(make_llama(tok, seed=seed), tok, logits_processor_factory=llguidance_factory)
+    constraint = Constraint(kind="grammar", value=protocol_grammar(tools, ["IMG_003"], think_max_chars=40))
+    sampling = Sampling(temperature=1.0, seed=seed, max_tokens=2000)
+    reply = asyncio.run(policy.areply([Turn(role="user", content="draw a fox")], sampling=sampling, constraint=constraint))
+    assert reply.text == policy.chat([Turn(role="user", content="draw a fox")], sampling=sampling, constraint=constraint)
+    forced = [reply.text[a:b] for a, b in reply.forced]
+    assert forced[0].startswith("<think>")  # every turn opens with it
+    assert reply.forced[-1][1] == len(reply.text)  # and the closing tag, once begun, is forced to its end
+    tail = "answer>" if "<answer>" in reply.text else "tool_call>"
+    assert reply.text.endswith(tail) and forced[-1].endswith(tail)
+    assert sum(b - a for a, b in reply.forced) < len(reply.text)  # the think text and the choices are free
+    short = sampling.model_copy(update={"max_tokens": 16})
+    plain = asyncio.run(policy.areply([Turn(role="user", content="draw a fox")], sampling=short))
+    assert plain.forced == []  # no constraint, nothing forced
+

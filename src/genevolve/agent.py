@@ -212,16 +212,16 @@ class Agent:
             try:
                 constraint = self.constraint_factory(state) if self.constraint_factory else None
                 sampling = cfg.sampling if seed is None else cfg.sampling.model_copy(update={"seed": seed * 1000 + round_})
-                text = await self.policy.achat(self._context(traj.turns), sampling=sampling, constraint=constraint)
+                reply = await self.policy.areply(self._context(traj.turns), sampling=sampling, constraint=constraint)
             except PolicyError as exc:
                 traj.timings["policy"] += time.perf_counter() - t
                 self._stop(traj, StopReason.POLICY_ERROR, f"policy {self.policy.name}: {exc}")
                 return
             traj.timings["policy"] += time.perf_counter() - t
             traj.n_policy_calls += 1
-            traj.turns.append(Turn(role="assistant", content=text))
+            traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced))
 
-            parsed = parse_turn(text, self.tools.keys())
+            parsed = parse_turn(reply.text, self.tools.keys())
             if parsed.error:
                 traj.n_format_errors += 1
                 self._observe(traj, prompts.format_error_message(parsed.error.code, parsed.error.message), "format_error")

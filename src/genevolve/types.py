@@ -97,6 +97,9 @@ class Turn(_Record):
     content: str
     images: list[str] = Field(default_factory=list)  # paths or URLs, in placeholder order
     kind: str = ""  # "", "request", "tool_response", "format_error", "final_step", "answer_rejected"
+    #: assistant turns: ``[start, end)`` character spans of ``content`` that a decoding constraint forced (the
+    #: grammar left one way to continue), sorted and disjoint; training can leave them out of the loss.
+    forced: list[tuple[int, int]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _placeholders_match(self) -> Turn:
@@ -105,6 +108,12 @@ class Turn(_Record):
             raise ValueError(
                 f"turn has {n} {IMAGE_PLACEHOLDER!r} placeholders but {len(self.images)} images"
             )
+        end = 0
+        for start, stop in self.forced:
+            if not end <= start < stop <= len(self.content):
+                raise ValueError(f"forced spans must be sorted, disjoint, non-empty and inside the content "
+                                 f"({len(self.content)} characters): {self.forced}")
+            end = stop
         return self
 
 

@@ -106,7 +106,7 @@ class EvolveRun:
             raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
                              f"{self.ev.requests_per_step}")
         self.tm = load_model(cfg.model_spec())
-        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor)
+        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced)
         if self.ev.alpha > 0 and self.ev.program_judge is None:
             raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
                              "(or alpha: 0 for an image-only reward)")
@@ -262,7 +262,10 @@ class EvolveRun:
                     continue
                 rows.append(Row(view, teacher, adv))
         with_bundle = sum(1 for r in rows if r.teacher is not None)
+        forced = sum(r.view.n_forced for r in rows)
+        generated = forced + sum(r.view.n_assistant_tokens for r in rows)
         info = {"rows": len(rows), "rows_skipped": skipped, "bundle_fraction": with_bundle / len(rows) if rows else 0.0,
+                "forced_fraction": forced / generated if generated else 0.0,
                 "bundle_cosines": [round(m.cosine, 3) for m in matches if m is not None]}
         return rows, info
 

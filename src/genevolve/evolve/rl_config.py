@@ -94,6 +94,8 @@ class EvolveConfig(_Section):
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference policy (paper option: 1e-3)")
+    mask_forced: bool = Field(True, description="leave tokens a decoding grammar forced out of every loss (they had "
+                                                 "no choice; rollouts record them with structured decoding)")
     mini_batches: int = Field(1, ge=1, description="optimizer updates per step, each on a share of the rollouts")
     micro_batch: int = Field(2, ge=1, description="sequences per forward pass (gradient accumulation inside an update)")
     temperature: float = Field(0.7, gt=0, description="rollout sampling temperature (log-probs use the same)")

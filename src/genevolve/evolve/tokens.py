@@ -17,6 +17,10 @@ the view is built from what the policy saw and wrote, not from a re-rendering of
   context k plus turn k). Templates that are not (e.g. Qwen3 with ``enable_thinking=False``, whose
   generation prompt holds an empty think block that history turns lack) raise ``TokenViewError``.
 - Turns after the last assistant turn carry no loss and are left out.
+- ``skip_forced``: tokens whose every character a decoding constraint forced (``Turn.forced``, recorded
+  by the grammar-constrained local policy) get mask 0 too. Under the grammar their probability is 1
+  whatever the weights, so a policy gradient on them only moves the unconstrained model, and their
+  scaffolding (tags, JSON keys) would otherwise take a large share of every sequence's loss.
 - For VLMs the processor expands each image's placeholder into image tokens; its pixel tensors are
   returned beside the ids.
 
@@ -56,7 +60,8 @@ class TokenViewError(ValueError):
 class TokenView:
     """One trajectory as tokens.
 
-    ``mask[t]`` is 1 exactly on tokens the policy generated. ``spans[k] = (start, end)`` covers
+    ``mask[t]`` is 1 exactly on tokens the policy generated (less the forced ones when the encoder skips
+    them; ``n_forced`` counts those). ``spans[k] = (start, end)`` covers
     assistant turn k (content and end-of-turn token), ``turn_index[k]`` is its index in the turns.
     ``extra`` holds processor outputs besides the ids (``pixel_values``, ``image_grid_thw``, ...):
     per-image tensors (first axis = images or patches) or per-token ones (shape ``[1, T]``).
@@ -67,6 +72,7 @@ class TokenView:
     spans: list[tuple[int, int]]
     turn_index: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    n_forced: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -96,6 +102,8 @@ class ChatEncoder:
     processor). ``end_of_turn``: the token string that closes an assistant turn (default: the first
     of ``END_OF_TURN_CANDIDATES`` the tokenizer knows, else its eos). ``template_kwargs`` go to
     ``apply_chat_template`` (e.g. ``{"enable_thinking": True}``) and must match what rollouts used.
+    ``skip_forced``: mask out assistant tokens that lie wholly inside their turn's forced spans (needs a
+    fast tokenizer, for character offsets).
     """
 
     tokenizer: Any
@@ -104,8 +112,11 @@ class ChatEncoder:
     max_image_side: int = DEFAULT_MAX_SIDE
     end_of_turn: str | None = None
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    skip_forced: bool = False
 
     def __post_init__(self) -> None:
+        if self.skip_forced and not getattr(self.tokenizer, "is_fast", False):
+            raise TokenViewError("skip_forced needs a fast tokenizer: forced spans map to tokens by character offsets")
         if self.processor is not None and getattr(self.processor, "image_processor", None) is None:
             self.processor = None
         if self.accepts_images is None:
@@ -201,6 +212,8 @@ class ChatEncoder:
         mask: list[int] = []
         spans: list[tuple[int, int]] = []
         chunks: list[tuple[int, dict[str, Any]]] = []  # (start, processor extras) per image-bearing piece
+        forced = iter([turns[i].forced for i in assistant_at])
+        n_forced = 0
         for kind, text in pieces:
             if kind == "eot":
                 ids.append(self._eot_id)
@@ -208,10 +221,11 @@ class ChatEncoder:
                 spans[-1] = (spans[-1][0], len(ids))
                 continue
             if kind == "assistant":
-                new = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                new, free = self._assistant_tokens(text, next(forced))
                 spans.append((len(ids), len(ids) + len(new)))
                 ids.extend(new)
-                mask.extend([1] * len(new))
+                mask.extend(free)
+                n_forced += len(new) - sum(free)
                 continue
             n_images = text.count(image_token) if image_token else 0
             if n_images:
@@ -227,7 +241,19 @@ class ChatEncoder:
         if images:
             raise TokenViewError(f"{len(images)} images have no placeholder in the rendered conversation "
                                  f"(processor image token {image_token!r})")
-        return TokenView(ids, mask, spans, list(assistant_at), _merge_extras(chunks, len(ids)))
+        return TokenView(ids, mask, spans, list(assistant_at), _merge_extras(chunks, len(ids)), n_forced)
+
+    def _assistant_tokens(self, text: str, forced: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """A turn's token ids and their mask: 1, or 0 for a token inside the forced spans when skipping them."""
+        if not (self.skip_forced and forced):
+            new = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return new, [1] * len(new)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        is_forced = [False] * len(text)
+        for start, end in forced:
+            is_forced[start:end] = [True] * (end - start)
+        free = [0 if end > start and all(is_forced[start:end]) else 1 for start, end in enc["offset_mapping"]]
+        return enc["input_ids"], free
 
     def _images(self, turns: list[Turn]) -> list[Any]:
         if not self.accepts_images:

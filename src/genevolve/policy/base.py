@@ -50,6 +50,16 @@ class Constraint(BaseModel):
     value: Any
 
 
+class Reply(BaseModel):
+    """One assistant message with what the decoder knows about it. ``forced``: ``[start, end)`` character
+    spans of ``text`` that the constraint forced (no choice was left there); empty when unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    forced: list[tuple[int, int]] = []
+
+
 class PolicyError(RuntimeError):
     """The policy backend failed to produce a message (after its retries)."""
 
@@ -69,6 +79,11 @@ class Policy(ABC):
     @abstractmethod
     async def achat(self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None) -> str:
         """Return the assistant's next message for the conversation ``turns``."""
+
+    async def areply(self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None) -> Reply:
+        """The next message with decoding details. Backends that see the constraint's mask (the local
+        transformers policy) report the forced spans; the default knows only the text."""
+        return Reply(text=await self.achat(turns, sampling=sampling, constraint=constraint))
 
     def chat(self, turns: list[Turn], *, sampling: Sampling | None = None, constraint: Constraint | None = None) -> str:
         """Synchronous wrapper around :meth:`achat`."""

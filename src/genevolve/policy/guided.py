@@ -9,6 +9,11 @@ policies), compiles lazily (no per-grammar vocabulary precomputation, which matt
 grammar changes every turn as image ids are added), and ships wheels without a GPU stack.
 
 Batch size 1 (one conversation per ``generate`` call), which is how ``HFPolicy`` decodes.
+
+The processor also records, before each token, how many bytes the grammar forces next (llguidance's
+``compute_ff_bytes``, about 25 µs). ``forced_spans`` turns that into the character spans of the reply
+that carried no choice (``<answer>{"gen_prompt": "`` after ``</think>``, closing tags): training leaves
+them out of the loss, since under the grammar their probability is 1 whatever the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from genevolve.policy.base import Constraint
@@ -62,6 +68,8 @@ class GrammarLogitsProcessor:
             raise ValueError(f"invalid {constraint.kind} constraint: {self.matcher.get_error()}")
         self._prompt_len: int | None = None
         self._bitmask: Any = None
+        #: per generated token: how many bytes the grammar forced before it was sampled (``compute_ff_bytes``)
+        self.forced_bytes: list[int] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import llguidance.torch as llt
@@ -74,6 +82,7 @@ class GrammarLogitsProcessor:
             token = int(input_ids[0, -1])
             if not self.matcher.consume_token(token):
                 raise GrammarViolation(f"token {token} rejected: {self.matcher.get_error()}")
+        self.forced_bytes.append(len(self.matcher.compute_ff_bytes()))
         llt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
         vocab = min(scores.shape[-1], self._llt.vocab_size)
         # The model's embedding table may be padded beyond the tokenizer's vocabulary: those ids are never valid.
@@ -91,6 +100,37 @@ def unpack_bitmask(bitmask_W: Any, vocab: int) -> Any:
     shifts_32 = torch.arange(32, dtype=torch.int32)
     bits_W_32 = (bitmask_W[:, None] >> shifts_32) & 1
     return bits_W_32.flatten()[:vocab].bool()
+
+
+def forced_spans(pieces: Sequence[tuple[bytes, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """The text of generated tokens and its forced character spans.
+
+    ``pieces[i] = (token_bytes, forced)``: the bytes token i decodes to and how many bytes the grammar
+    forced when it was sampled (the first ``min(forced, len(token_bytes))`` of them are forced). A character
+    is forced when all its bytes are. Returns the UTF-8 text (invalid bytes replaced, as tokenizers decode)
+    and its ``[start, end)`` spans of forced characters, sorted and disjoint.
+    """
+    data = bytearray()
+    flags: list[bool] = []
+    for token_bytes, forced in pieces:
+        n = min(max(forced, 0), len(token_bytes))
+        data += token_bytes
+        flags += [True] * n + [False] * (len(token_bytes) - n)
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:  # a cut-off character has no clean boundaries: map nothing
+        return bytes(data).decode("utf-8", errors="replace"), []
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for i, char in enumerate(text):
+        width = len(char.encode("utf-8"))
+        if all(flags[at:at + width]):
+            if spans and spans[-1][1] == i:
+                spans[-1] = (spans[-1][0], i + 1)
+            else:
+                spans.append((i, i + 1))
+        at += width
+    return text, spans
 
 
 def llguidance_factory(constraint: Constraint, tokenizer: Any) -> GrammarLogitsProcessor:

@@ -14,7 +14,8 @@ Why the choices below:
   checkpoint's own dtype on accelerators.
 - Constraints: the hook ``logits_processor_factory(constraint, tokenizer)`` returns a logits
   processor applied before sampling, or ``None`` when it cannot enforce that kind. Without a hook
-  every constraint raises ``UnsupportedConstraint``.
+  every constraint raises ``UnsupportedConstraint``. A processor with a ``forced_bytes`` list (bytes the
+  grammar forced before each token, as llguidance's records) makes ``areply`` report the forced spans.
 - torch/transformers/peft are imported only when a policy is built (``pip install 'genevolve[local]'``).
 """
 
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling, UnsupportedConstraint
+from genevolve.policy.base import Constraint, Policy, PolicyError, Reply, Sampling, UnsupportedConstraint
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
 from genevolve.registry import ConfigError, require
 from genevolve.types import Turn
@@ -305,6 +306,11 @@ class HFPolicy(Policy):
     async def achat(
         self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None
     ) -> str:
+        return (await self.areply(turns, sampling=sampling, constraint=constraint)).text
+
+    async def areply(
+        self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None
+    ) -> Reply:
         if constraint is not None and self.logits_processor_factory is None:
             raise UnsupportedConstraint(
                 f"{self.name}: no logits_processor_factory to enforce {constraint.kind!r}"
@@ -314,13 +320,14 @@ class HFPolicy(Policy):
         job = functools.partial(self._generate, turns, sampling, constraint)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
-    def _generate(self, turns: list[Turn], sampling: Sampling, constraint: Constraint | None) -> str:
+    def _generate(self, turns: list[Turn], sampling: Sampling, constraint: Constraint | None) -> Reply:
         import torch
         from transformers import LogitsProcessorList
 
         if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)  # per thread: this generate thread only
         processors = LogitsProcessorList()
+        proc: Any = None
         if constraint is not None:
             assert self.logits_processor_factory is not None
             proc = self.logits_processor_factory(constraint, self.tokenizer)
@@ -350,7 +357,21 @@ class HFPolicy(Policy):
         with torch.inference_mode():
             out_B_T = self.model.generate(**inputs, logits_processor=processors, **kwargs)
         new_T = out_B_T[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_T, skip_special_tokens=True)
+        text = self.tokenizer.decode(new_T, skip_special_tokens=True)
+        return Reply(text=text, forced=self._forced(new_T.tolist(), text, getattr(proc, "forced_bytes", None)))
+
+    def _forced(self, new_ids: list[int], text: str, forced_bytes: list[int] | None) -> list[tuple[int, int]]:
+        """Character spans of ``text`` the grammar forced, from the processor's per-token forced byte counts;
+        empty when the processor records none or the bytes do not decode to ``text`` exactly."""
+        if not forced_bytes or len(forced_bytes) != len(new_ids):
+            return []
+        from genevolve.policy.guided import forced_spans, ll_tokenizer
+
+        llt, special = ll_tokenizer(self.tokenizer), set(self.tokenizer.all_special_ids)
+        pieces = [(b"" if tok in special else llt.decode_bytes([tok]), n)
+                  for tok, n in zip(new_ids, forced_bytes, strict=True)]
+        decoded, spans = forced_spans(pieces)
+        return spans if decoded == text else []
 
     def context_limit(self) -> int | None:
         """The model's context length in tokens, when its config states one."""
