@@ -271,17 +271,21 @@ def evolve(
     Each step samples K rollouts per request, renders and judges them, contrasts the best and worst into
     experience bundles, re-scores the student's tokens under the teacher's decision guide and updates the
     policy. Writes OUT/metrics.jsonl, trajectories.jsonl, experience.jsonl, images/ and checkpoints/;
-    rerunning the same command resumes from the newest checkpoint."""
-    from genevolve.evolve.loop import EvolveRun
+    rerunning the same command resumes from the newest checkpoint. Under `accelerate launch` with several
+    processes the main one samples and writes, and all of them train data-parallel."""
+    from genevolve.evolve.loop import EvolveRun, launched_accelerator
     from genevolve.evolve.rl_config import load_evolve_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
     try:
         cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
-        run = EvolveRun(cfg, config_dir=config.parent)
+        accelerator = launched_accelerator()
+        run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator, progress=accelerator is None or accelerator.is_main_process)
         done = run.run()
     except (ConfigError, MissingDependency, ValueError) as exc:
         _fail(str(exc))
+    if not run.is_main:
+        return
     if done:
         console.print(f"{len(done)} steps run, last reward {done[-1]['reward']:.3f}; see {cfg.evolve.out}/metrics.jsonl")
     else:

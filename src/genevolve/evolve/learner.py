@@ -186,11 +186,12 @@ class Learner:
             self.scheduler.step()
         model.eval()
         seconds = time.perf_counter() - t0
+        sums = self._sum_over_processes(sums)
         n_shares = sum(1 for s in shares if s)
-        n_local = max(len(self.local(len(rows))), 1)
+        n_rows = max(len(rows), 1)
         return {
             "loss": sums["loss"] / n_shares, "grpo_loss": sums["grpo"] / n_shares, "ved_loss": sums["ved"] / n_shares,
-            "clip_frac_low": sums["clip_low"] / n_local, "clip_frac_high": sums["clip_high"] / n_local,
+            "clip_frac_low": sums["clip_low"] / n_rows, "clip_frac_high": sums["clip_high"] / n_rows,
             "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
             "lr": self.scheduler.get_last_lr()[0], "assistant_tokens": sums["tokens"],
             "tokens_per_s": sums["tokens"] / seconds if seconds else 0.0,
@@ -207,6 +208,17 @@ class Learner:
         mask = torch.tensor(row.view.mask)[None]
         zeros = torch.zeros(mask.shape)
         return int(losses.ved_selection(zeros, zeros, mask, self.cfg.ved.top_frac).sum())
+
+    def _sum_over_processes(self, sums: dict[str, float]) -> dict[str, float]:
+        """Each process's parts of the metric sums, added up (every process gets the totals)."""
+        if self.world == 1:
+            return sums
+        import torch
+
+        keys = sorted(sums)
+        local = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        total = self.accelerator.reduce(local, reduction="sum").tolist()
+        return {k: int(v) if k == "tokens" else v for k, v in zip(keys, total, strict=True)}
 
     def _sum_gradients(self) -> None:
         """Data parallelism over accelerate's processes: each process has the gradient of its rows' part

@@ -16,6 +16,12 @@ images/step_NNNNNN/, experience.jsonl, metrics.jsonl, tensorboard/, checkpoints/
 Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
 request, sample), so a redone step samples what the lost one would have.
+
+Several processes (``accelerate launch ... genevolve evolve``, given as ``accelerator``): the main
+process samples, selects, extracts, keeps the memory and writes every file; each step it sends the
+rows (trajectory, advantage, teacher system prompt) to all processes, which build their token views
+and train data-parallel (``Learner`` splits the rows and sums the gradients), so every replica holds
+the same weights after each update. Learner metrics are summed over processes.
 """
 
 from __future__ import annotations
@@ -87,7 +93,8 @@ class StepResult:
 class EvolveRun:
     """Builds every piece from an ``EvolveFile`` and runs steps. ``config_dir`` resolves a relative env path."""
 
-    def __init__(self, cfg: EvolveFile, *, config_dir: Path | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: EvolveFile, *, config_dir: Path | None = None, progress: bool = True,
+                 accelerator: Any = None) -> None:
         from genevolve.bench.datasets import load_dataset
         from genevolve.evolve.extractors import EXTRACTORS
         from genevolve.evolve.learner import Learner
@@ -99,20 +106,29 @@ class EvolveRun:
         self.cfg, self.ev = cfg, cfg.evolve
         self.out = Path(self.ev.out)
         self.progress = progress
+        self.accelerator = accelerator
+        self.is_main = accelerator is None or accelerator.is_main_process
         env = cfg.run_config(config_dir)
         items = load_dataset(self.ev.data).items
         self.tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in items if i.gt_image]
         if len(self.tasks) < self.ev.requests_per_step:
             raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
                              f"{self.ev.requests_per_step}")
-        self.tm = load_model(cfg.model_spec())
-        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced)
         if self.ev.alpha > 0 and self.ev.program_judge is None:
             raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
                              "(or alpha: 0 for an image-only reward)")
-        self.agent = self._agent(env)  # the learner-side agent: its system prompt is the teacher's base
+        spec = cfg.model_spec()
+        if accelerator is not None and spec.device != "cpu":
+            spec = spec.model_copy(update={"device": str(accelerator.device)})  # one GPU per process
+        self.tm = load_model(spec)
+        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced)
+        self.learner = Learner(self.tm, self.ev, accelerator=accelerator)
+        self._writer: Any = None
         self.pool: Any = None
         self.lora_sync: Any = None
+        if not self.is_main:
+            return  # the other processes only train: the main one samples, remembers and writes
+        self.agent = self._agent(env)  # the learner-side agent: its system prompt is the teacher's base
         spec = self._env_spec(env)
         if self.ev.rollout.backend == "server":
             self._server_rollouts(spec)
@@ -125,8 +141,6 @@ class EvolveRun:
         self.memory = ExperienceMemory(
             self.out / "experience.jsonl", capacity=ex.capacity, threshold=ex.threshold, policy=ex.visibility,
             embed=sentence_embedder(ex.embedder))
-        self.learner = Learner(self.tm, self.ev)
-        self._writer: Any = None
 
     def _agent(self, env: Any) -> Any:
         from genevolve.agent import Agent
@@ -198,15 +212,35 @@ class EvolveRun:
             out.append(self.tasks[order[offset]])
         return out
 
-    def step(self, step: int) -> StepResult:
-        from genevolve.evolve.experience import select_pairs
-
+    def step(self, step: int) -> StepResult | None:
+        """One step. With several processes the main one returns the record; the others return None."""
         seconds: dict[str, float] = {}
+        plan = self._plan(step, seconds) if self.is_main else None
+        specs = self._share(plan["specs"] if plan else None)
+        t = time.perf_counter()
+        rows, info = self._rows(specs)
+        seconds["views"] = time.perf_counter() - t
+        learned: dict[str, Any] = {"seconds": {}}
+        if rows:
+            learned = self.learner.step(rows)
+        seconds.update(learned.pop("seconds"))
+        if plan is None:
+            return None
+        metrics = {"step": step, **_reward_metrics(plan["rollouts"]), **plan["metrics"], **info,
+                   "bundle_cosines": plan["cosines"], **learned,
+                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "peak_rss_mb": _peak_rss_mb()}
+        return StepResult(step, metrics, plan["rollouts"])
+
+    def _plan(self, step: int, seconds: dict[str, float]) -> dict[str, Any]:
+        """The main process's share of a step: sample, select, extract; the rows to train on."""
+        import torch
+
+        from genevolve.evolve.experience import select_pairs
+        from genevolve.evolve.losses import group_advantages
+
         t = time.perf_counter()
         groups = self._sample(step)
-        rollouts = [r for g in groups for r in g]
         seconds["sample"] = time.perf_counter() - t
-
         t = time.perf_counter()
         selection = select_pairs(groups, min_gap=self.ev.experience.min_gap, max_pairs=self.ev.experience.max_pairs)
         seconds["select"] = time.perf_counter() - t
@@ -215,19 +249,26 @@ class EvolveRun:
         for bundle in bundles:
             self.memory.add(bundle)
         seconds["extract"] = time.perf_counter() - t
+        matches = self.memory.lookup_many([g[0].request for g in groups], step=step)
+        specs = []  # (trajectory, group advantage, teacher system prompt or None)
+        for group, match in zip(groups, matches, strict=True):
+            advantages = group_advantages(torch.tensor([r.reward.value for r in group]))
+            guide = None if match is None else self.agent.system_prompt_with(match.bundle.to_guide())
+            specs += [(r.trajectory, adv, guide) for r, adv in zip(group, advantages.tolist(), strict=True)]
+        return {"rollouts": [r for g in groups for r in g], "specs": specs,
+                "cosines": [round(m.cosine, 3) for m in matches if m is not None],
+                "metrics": {"pairs": len(selection.pairs), "pairs_skipped": selection.skipped,
+                            "bundles_added": len(bundles), "memory": self.memory.stats()}}
 
-        t = time.perf_counter()
-        rows, info = self._rows(groups, step)
-        seconds["views"] = time.perf_counter() - t
-        learned: dict[str, Any] = {"seconds": {}}
-        if rows:
-            learned = self.learner.step(rows)
-        seconds.update(learned.pop("seconds"))
-        metrics = {"step": step, **_reward_metrics(rollouts), "pairs": len(selection.pairs),
-                   "pairs_skipped": selection.skipped, "bundles_added": len(bundles), "memory": self.memory.stats(),
-                   **info, **learned, "seconds": {k: round(v, 3) for k, v in seconds.items()},
-                   "peak_rss_mb": _peak_rss_mb()}
-        return StepResult(step, metrics, rollouts)
+    def _share(self, value: Any) -> Any:
+        """The main process's ``value`` on every process (itself without several)."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
 
     async def _extract(self, pairs: list[Any], step: int) -> list[Any]:
         from genevolve.evolve.extractors import ExtractionError
@@ -240,41 +281,35 @@ class EvolveRun:
                 print(f"step {step}: extraction failed for {pair.best.request_id}: {exc}")
         return bundles
 
-    def _rows(self, groups: list[list[Rollout]], step: int) -> tuple[list[Any], dict[str, Any]]:
-        import torch
-
+    def _rows(self, specs: list[tuple[Any, float, str | None]]) -> tuple[list[Any], dict[str, Any]]:
+        """Token views of the rows (every process builds its own from the shared trajectories)."""
         from genevolve.evolve.learner import Row
-        from genevolve.evolve.losses import group_advantages
         from genevolve.evolve.tokens import TokenViewError
 
-        requests = [g[0].request for g in groups]
-        matches = self.memory.lookup_many(requests, step=step)
         rows, skipped = [], 0
-        for group, match in zip(groups, matches, strict=True):
-            advantages = group_advantages(torch.tensor([r.reward.value for r in group]))
-            guide = None if match is None else self.agent.system_prompt_with(match.bundle.to_guide())
-            for rollout, adv in zip(group, advantages.tolist(), strict=True):
-                try:
-                    view = self.encoder.view(rollout.trajectory)
-                    teacher = None if guide is None else self.encoder.view(rollout.trajectory, system=guide)
-                except TokenViewError:
-                    skipped += 1  # e.g. a policy error before the first assistant turn
-                    continue
-                rows.append(Row(view, teacher, adv))
+        for trajectory, adv, guide in specs:
+            try:
+                view = self.encoder.view(trajectory)
+                teacher = None if guide is None else self.encoder.view(trajectory, system=guide)
+            except TokenViewError:
+                skipped += 1  # e.g. a policy error before the first assistant turn
+                continue
+            rows.append(Row(view, teacher, adv))
         with_bundle = sum(1 for r in rows if r.teacher is not None)
         forced = sum(r.view.n_forced for r in rows)
         generated = forced + sum(r.view.n_assistant_tokens for r in rows)
         info = {"rows": len(rows), "rows_skipped": skipped, "bundle_fraction": with_bundle / len(rows) if rows else 0.0,
-                "forced_fraction": forced / generated if generated else 0.0,
-                "bundle_cosines": [round(m.cosine, 3) for m in matches if m is not None]}
+                "forced_fraction": forced / generated if generated else 0.0}
         return rows, info
 
     # -- the whole run -------------------------------------------------------------------------------
 
     def run(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Run (or resume) up to ``steps`` steps (default: the config's); returns this call's metrics."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.out / "config.yaml",
+                              yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         start = self.resume()
         total = steps if steps is not None else self.ev.steps
         if start < total:
@@ -282,6 +317,8 @@ class EvolveRun:
         done: list[dict[str, Any]] = []
         for step in range(start, total):
             result = self.step(step)
+            if result is None:  # not the main process: it has nothing to write
+                continue
             for rollout in result.rollouts:
                 append_line(self.out / "trajectories.jsonl", rollout.to_json())
             append_line(self.out / "metrics.jsonl", result.metrics)
@@ -299,7 +336,7 @@ class EvolveRun:
         """Load the newest complete checkpoint (if any), drop later records; the next step to run."""
         import torch
 
-        last = latest_checkpoint(self.out)
+        last = self._share(latest_checkpoint(self.out) if self.is_main else None)
         last_step = -1
         if last is not None:
             state = torch.load(last / "learner.pt", map_location="cpu", weights_only=False)
@@ -307,6 +344,8 @@ class EvolveRun:
             random.setstate(state["python_rng"])
             torch.set_rng_state(state["torch_rng"])
             last_step = int(state["step"])
+        if not self.is_main:
+            return last_step + 1
         for name in ("trajectories.jsonl", "metrics.jsonl"):
             keep_steps(self.out / name, last_step)
         self.memory.discard_after(last_step)
@@ -316,7 +355,8 @@ class EvolveRun:
         return last_step + 1
 
     def save(self, step: int) -> Path:
-        """A checkpoint of ``step``; it counts only once ``complete.json`` is written (last)."""
+        """A checkpoint of ``step``; it counts only once ``complete.json`` is written (last). Main process only:
+        every process holds the same weights and optimizer state."""
         import torch
 
         from genevolve.evolve.model import save_model
@@ -348,6 +388,18 @@ class EvolveRun:
             if isinstance(value, int | float) and key != "step":
                 self._writer.add_scalar(key, value, metrics["step"])
         self._writer.flush()
+
+
+def launched_accelerator(timeout_s: float = 7200.0) -> Any:
+    """An ``Accelerator`` when ``accelerate launch`` (or ``torchrun``) started several processes, else None.
+    ``timeout_s`` bounds a collective: the other processes wait in one while the main process samples."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from datetime import timedelta
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
 
 
 def latest_checkpoint(out: Path) -> Path | None:
