@@ -7,7 +7,7 @@ import math
 import statistics
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genevolve.evolve.analysis import mean_std, moving_average, reward_curve, rollouts_to_reach, run_seconds
@@ -99,3 +99,43 @@ def test_run_seconds_counts_each_step_once_for_both_kinds_of_run(tmp_path):
              {"step": 2, "kind": "eval", "eval_loss": 0.4}]
     (sft / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert run_seconds(sft) == pytest.approx(3.5)
+
+
+def _metrics(folder, rewards):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": r, "rollouts": 4}) + "\n"
+                                                  for s, r in rewards.items()))
+    return folder
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=40),
+       st.floats(min_value=-0.5, max_value=0.5))
+def test_paired_difference_against_a_shifted_copy(tmp_path_factory, rewards, shift):
+    from genevolve.evolve.analysis import paired_difference
+
+    root = tmp_path_factory.mktemp("paired")
+    control = _metrics(root / "control", dict(enumerate(rewards)))
+    run = _metrics(root / "run", {s: r + shift for s, r in enumerate(rewards)})
+    paired = paired_difference(run, control)
+    assert paired.steps == list(range(len(rewards)))
+    assert paired.mean == pytest.approx(shift, abs=1e-9)
+    assert paired.sem == pytest.approx(0, abs=1e-9)
+    parts = paired.parts(3)
+    assert len(parts) == min(3, len(rewards)) and all(p == pytest.approx(shift, abs=1e-9) for p in parts)
+    same = paired_difference(control, control)
+    assert same.mean == 0 and same.wins == same.losses == 0 and same.sign_p == 1.0
+
+
+def test_paired_difference_counts_and_sign_test(tmp_path):
+    from genevolve.evolve.analysis import paired_difference
+
+    control = _metrics(tmp_path / "c", {0: 0.2, 1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2, 5: 0.2, 9: 0.5})
+    run = _metrics(tmp_path / "r", {0: 0.3, 1: 0.3, 2: 0.3, 3: 0.3, 4: 0.3, 5: 0.1, 7: 0.9})
+    paired = paired_difference(run, control)
+    assert paired.steps == [0, 1, 2, 3, 4, 5]  # steps only one run has are left out
+    assert (paired.wins, paired.losses) == (5, 1)
+    assert paired.sign_p == pytest.approx(2 * 7 / 64)  # P(X <= 1) for X ~ Bin(6, 1/2), both tails
+    assert paired.mean == pytest.approx((5 * 0.1 - 0.1) / 6)
+    with pytest.raises(ValueError, match="no step in common"):
+        paired_difference(run, _metrics(tmp_path / "none", {20: 0.1}))

@@ -5,6 +5,7 @@ Used by ``benchmarks/ablation.py``; each function also works on any evolve run f
 - ``mean_std``: mean and sample standard deviation over seeds (std 0 for one seed).
 - ``reward_curve``: an evolve run's mean reward per step against rollouts spent so far.
 - ``rollouts_to_reach``: the first rollout count at which a (smoothed) curve reaches a target.
+- ``paired_difference``: a run's reward minus a frozen control's, step by step (same requests and seeds).
 - ``teacher_pushes``: for one student rollout and one experience bundle, the assistant tokens whose
   log-probability the teacher context raises or lowers most: what distillation would push.
 - ``copy_rate``: how often a policy's first image query reuses a content word of the request, a quick
@@ -44,20 +45,79 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def reward_curve(run: str | Path) -> tuple[list[int], list[float]]:
-    """``(rollouts, reward)`` per step of an evolve run: rollouts spent through that step, and the
-    step's mean reward (from ``metrics.jsonl``; a step logged twice keeps its last record)."""
+def step_records(run: str | Path) -> dict[int, dict[str, Any]]:
+    """An evolve run's ``metrics.jsonl`` by step (a step logged twice keeps its last record)."""
     by_step: dict[int, dict[str, Any]] = {}
     for line in (Path(run) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
             by_step[int(record["step"])] = record
+    return by_step
+
+
+def reward_curve(run: str | Path) -> tuple[list[int], list[float]]:
+    """``(rollouts, reward)`` per step of an evolve run: rollouts spent through that step, and the
+    step's mean reward (from ``metrics.jsonl``; a step logged twice keeps its last record)."""
+    by_step = step_records(run)
     rollouts, rewards, spent = [], [], 0
     for step in sorted(by_step):
         spent += int(by_step[step]["rollouts"])
         rollouts.append(spent)
         rewards.append(float(by_step[step]["reward"]))
     return rollouts, rewards
+
+
+@dataclass
+class PairedDifference:
+    """Step-by-step reward of a run minus a control's, over the steps both have.
+
+    Two evolve runs of one config and seed draw the same requests with the same sampling seeds, so with
+    a frozen control (the same config at ``lr: 1e-12``) each step's difference measures the policy, not
+    which requests the step drew, which dominates the raw reward curve.
+    """
+
+    steps: list[int]
+    diffs: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs)
+
+    @property
+    def sem(self) -> float:
+        """Standard error of the mean difference (0 for one step)."""
+        return statistics.stdev(self.diffs) / math.sqrt(len(self.diffs)) if len(self.diffs) > 1 else 0.0
+
+    @property
+    def wins(self) -> int:
+        return sum(d > 0 for d in self.diffs)
+
+    @property
+    def losses(self) -> int:
+        return sum(d < 0 for d in self.diffs)
+
+    @property
+    def sign_p(self) -> float:
+        """Two-sided sign-test p-value of wins against losses (ties dropped)."""
+        n, k = self.wins + self.losses, min(self.wins, self.losses)
+        if n == 0:
+            return 1.0
+        return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+    def parts(self, n: int = 3) -> list[float]:
+        """Mean difference over ``n`` consecutive, near-equal parts of the steps (e.g. thirds)."""
+        size = len(self.diffs)
+        bounds = [round(i * size / n) for i in range(n + 1)]
+        return [statistics.fmean(self.diffs[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def paired_difference(run: str | Path, control: str | Path) -> PairedDifference:
+    """``run``'s mean reward minus ``control``'s at every step both logged. Raises when they share none."""
+    a, b = step_records(run), step_records(control)
+    steps = sorted(set(a) & set(b))
+    if not steps:
+        raise ValueError(f"{run} and {control} have no step in common")
+    return PairedDifference(steps, [float(a[s]["reward"]) - float(b[s]["reward"]) for s in steps])
 
 
 def run_seconds(run: str | Path) -> float:
