@@ -197,3 +197,30 @@ def test_server_rollouts_publish_each_adapter_and_switch_model(tmp_path, tok_dir
     assert models[0] == "policy-step-000000" and models[-1] == "policy-step-000001"
     assert list(lora.loaded) == ["policy-step-000001"]  # the previous adapter was unloaded
     assert (tmp_path / "server" / "adapters" / "step_000001" / "adapter_config.json").is_file()
+
+
+def test_a_failure_on_the_main_process_stops_the_others(tmp_path, tok_dir, monkeypatch):
+    accelerate_utils = pytest.importorskip("accelerate.utils")
+    from genevolve.evolve.loop import _MainFailed
+
+    class Accelerator:  # what EvolveRun and the Learner read of one
+        is_main_process, num_processes, process_index, device = True, 2, 0, "cpu"
+
+    sent = []
+    monkeypatch.setattr(accelerate_utils, "broadcast_object_list", lambda box, from_process=0: sent.append(box[0]))
+    run = EvolveRun(make_config(tmp_path, tok_dir, tmp_path / "out", steps=1), progress=False,
+                    accelerator=Accelerator())
+
+    def broken(step, seconds):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run, "_plan", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run.step(0)
+    assert len(sent) == 1 and isinstance(sent[0], _MainFailed)
+
+    run.is_main = False  # another process receives it and stops with a clear error
+    monkeypatch.setattr(accelerate_utils, "broadcast_object_list",
+                        lambda box, from_process=0: box.__setitem__(0, _MainFailed()))
+    with pytest.raises(RuntimeError, match="main process failed"):
+        run.step(0)

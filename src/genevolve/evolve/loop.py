@@ -83,6 +83,10 @@ def keep_steps(path: Path, last_step: int) -> int:
 # -- the run ---------------------------------------------------------------------------------------------
 
 
+class _MainFailed:
+    """Sent instead of a step's rows when the main process fails, so that the others stop too."""
+
+
 @dataclass
 class StepResult:
     step: int
@@ -215,8 +219,16 @@ class EvolveRun:
     def step(self, step: int) -> StepResult | None:
         """One step. With several processes the main one returns the record; the others return None."""
         seconds: dict[str, float] = {}
-        plan = self._plan(step, seconds) if self.is_main else None
+        plan = None
+        if self.is_main:
+            try:
+                plan = self._plan(step, seconds)
+            except BaseException:
+                self._share(_MainFailed())  # let the other processes stop instead of waiting out the timeout
+                raise
         specs = self._share(plan["specs"] if plan else None)
+        if isinstance(specs, _MainFailed):
+            raise RuntimeError(f"step {step}: the main process failed while sampling; its error says why")
         t = time.perf_counter()
         rows, info = self._rows(specs)
         seconds["views"] = time.perf_counter() - t
