@@ -224,3 +224,33 @@ def test_a_failure_on_the_main_process_stops_the_others(tmp_path, tok_dir, monke
                         lambda box, from_process=0: box.__setitem__(0, _MainFailed()))
     with pytest.raises(RuntimeError, match="main process failed"):
         run.step(0)
+
+
+def test_evaluation_holds_requests_out_and_repeats_its_seeds(tmp_path, tok_dir):
+    out = tmp_path / "eval"
+    cfg = make_config(tmp_path, tok_dir, out, steps=2, requests_per_step=1, lr=1e-12,
+                      eval={"every": 1, "requests": 2, "k": 2})
+    run = EvolveRun(cfg, progress=False)
+    held = {t.request for t in run.eval_tasks}
+    assert len(held) == 2 and held.isdisjoint({t.request for t in run.tasks})
+    assert len(run.tasks) == len(REQUESTS) - 2
+    run.run()
+    records = _lines(out / "eval.jsonl")
+    assert [r["step"] for r in records] == [-1, 0, 1]  # before training, then after every step
+    assert all(r["rollouts"] == 4 for r in records)
+    # A frozen policy (lr 1e-12) with the same seeds scores the same every time.
+    assert len({json.dumps(_comparable(r) | {"step": 0}) for r in records}) == 1
+    trained = {line["request"] for line in _lines(out / "trajectories.jsonl")}
+    assert trained.isdisjoint(held)
+
+    # Resuming keeps the evaluations of checkpointed steps and does not redo the first one.
+    resumed = EvolveRun(make_config(tmp_path, tok_dir, out, steps=3, requests_per_step=1, lr=1e-12,
+                                    eval={"every": 1, "requests": 2, "k": 2}), progress=False)
+    resumed.run()
+    assert [r["step"] for r in _lines(out / "eval.jsonl")] == [-1, 0, 1, 2]
+
+
+def test_evaluation_needs_spare_requests(tmp_path, tok_dir):
+    cfg = make_config(tmp_path, tok_dir, tmp_path / "x", eval={"every": 1, "requests": len(REQUESTS)})
+    with pytest.raises(ValueError, match="cannot spare"):
+        EvolveRun(cfg, progress=False)

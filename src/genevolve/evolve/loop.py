@@ -11,7 +11,8 @@ One step, in ``EvolveRun.step``::
     update   optimizer step(s), then metrics.jsonl (+ TensorBoard) and, every N steps, a checkpoint
 
 Run folder (DESIGN.md "Runs on disk"): config.yaml, trajectories.jsonl (one Rollout a line),
-images/step_NNNNNN/, experience.jsonl, metrics.jsonl, tensorboard/, checkpoints/step_NNNNNN/
+images/step_NNNNNN/, experience.jsonl, metrics.jsonl, eval.jsonl (with ``evolve.eval.every``: a fixed
+request set scored with fixed seeds before training and every N steps), tensorboard/, checkpoints/step_NNNNNN/
 (learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
 Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
@@ -44,6 +45,8 @@ from genevolve.evolve.rollout import Rollout
 from genevolve.types import write_text_atomic
 
 CHECKPOINT_DONE = "complete.json"
+#: every evaluation samples with the rollout seeds of this pseudo-step (training steps stay far below it)
+EVAL_SEED_STEP = 1_000_000
 
 
 # -- step-tagged jsonl files ---------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class EvolveRun:
         env = cfg.run_config(config_dir)
         items = load_dataset(self.ev.data).items
         self.tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in items if i.gt_image]
+        self.eval_tasks = self._eval_tasks()
         if len(self.tasks) < self.ev.requests_per_step:
             raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
                              f"{self.ev.requests_per_step}")
@@ -145,6 +149,46 @@ class EvolveRun:
         self.memory = ExperienceMemory(
             self.out / "experience.jsonl", capacity=ex.capacity, threshold=ex.threshold, policy=ex.visibility,
             embed=sentence_embedder(ex.embedder))
+
+    def _eval_tasks(self) -> list[Task]:
+        """The evaluation requests: from ``eval.data``, or a seeded choice held out of the training requests."""
+        from genevolve.bench.datasets import load_dataset
+
+        ev = self.ev.eval
+        if not ev.every:
+            return []
+        if self.ev.rollout.backend == "server":
+            raise ValueError("evolve.eval runs with rollout.backend 'learner' only; set eval.every: 0")
+        if ev.data is not None:
+            tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in load_dataset(ev.data).items if i.gt_image]
+            if not tasks:
+                raise ValueError(f"evolve.eval.data {ev.data}: no row has a GT image")
+            return tasks[: ev.requests]
+        if len(self.tasks) <= ev.requests:
+            raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests cannot spare {ev.requests} for evaluation")
+        held = set(random.Random(f"{self.ev.seed}|eval").sample(range(len(self.tasks)), ev.requests))
+        chosen = [t for i, t in enumerate(self.tasks) if i in held]
+        self.tasks = [t for i, t in enumerate(self.tasks) if i not in held]
+        return chosen
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Score the evaluation requests with the current policy (after ``step``; -1: before training),
+        append the record to ``eval.jsonl`` and return it. The same seeds every time."""
+        from dataclasses import replace
+
+        t = time.perf_counter()
+        self.tm.model.eval()
+        sampler = replace(self.sampler, k=self.ev.eval.k, images_dir=None)
+        groups = asyncio.run(sampler.sample(self.eval_tasks, step=EVAL_SEED_STEP))
+        record = {"step": step, **_reward_metrics([r for g in groups for r in g]),
+                  "seconds": round(time.perf_counter() - t, 3)}
+        append_line(self.out / "eval.jsonl", record)
+        # TensorBoard's x for eval/*: updates made (0 before training), as its steps cannot be negative.
+        self._tensorboard({"step": step + 1, "eval": {k: v for k, v in record.items() if k != "step"}})
+        if self.progress:
+            print(f"eval after step {step:>4}  reward {record['reward']:.3f} (max {record['reward_max']:.2f})  "
+                  f"{record['rollouts']} rollouts  {record['seconds']:.0f}s", flush=True)
+        return record
 
     def _agent(self, env: Any) -> Any:
         from genevolve.agent import Agent
@@ -324,6 +368,9 @@ class EvolveRun:
                               yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         start = self.resume()
         total = steps if steps is not None else self.ev.steps
+        evaluating = bool(self.eval_tasks) and self.is_main
+        if evaluating and start == 0 and -1 not in _logged_steps(self.out / "eval.jsonl"):
+            self.evaluate(-1)
         if start < total:
             self._publish(start)
         done: list[dict[str, Any]] = []
@@ -338,6 +385,8 @@ class EvolveRun:
             done.append(result.metrics)
             if self.progress:
                 print(_one_line(result.metrics), flush=True)
+            if evaluating and ((step + 1) % self.ev.eval.every == 0 or step + 1 == total):
+                self.evaluate(step)
             if (step + 1) % self.ev.save_every == 0 or step + 1 == total:
                 self.save(step)
             if step + 1 < total:
@@ -358,7 +407,7 @@ class EvolveRun:
             last_step = int(state["step"])
         if not self.is_main:
             return last_step + 1
-        for name in ("trajectories.jsonl", "metrics.jsonl"):
+        for name in ("trajectories.jsonl", "metrics.jsonl", "eval.jsonl"):
             keep_steps(self.out / name, last_step)
         self.memory.discard_after(last_step)
         for stale in sorted((self.out / "images").glob("step_*")) if (self.out / "images").is_dir() else []:
@@ -400,6 +449,13 @@ class EvolveRun:
             if isinstance(value, int | float) and key != "step":
                 self._writer.add_scalar(key, value, metrics["step"])
         self._writer.flush()
+
+
+def _logged_steps(path: Path) -> set[int]:
+    """The steps a step-tagged jsonl file holds (none when it does not exist)."""
+    if not path.is_file():
+        return set()
+    return {int(json.loads(line)["step"]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def launched_accelerator(timeout_s: float = 7200.0) -> Any:

@@ -58,6 +58,21 @@ class ExperienceConfig(_Section):
     embedder: str | None = Field(None, description="sentence-transformers model for memory keys; null: MiniLM (offline)")
 
 
+class EvalConfig(_Section):
+    """A fixed set of requests scored before training and every ``every`` steps (``eval.jsonl``).
+
+    Every evaluation samples its requests with the same seeds, so two evaluations differ only by the
+    policy: the curve shows learning, not which requests a training step drew. Without ``data`` the
+    requests are held out of ``evolve.data`` (a seeded choice, never trained on).
+    """
+
+    every: int = Field(0, ge=0, description="steps between evaluations; 0: no evaluation")
+    requests: int = Field(16, ge=1, description="requests in the evaluation set")
+    k: int = Field(2, ge=1, description="rollouts per request")
+    data: str | None = Field(None, description="evaluation rows (with GT images); null: hold requests out of "
+                                               "evolve.data")
+
+
 class RolloutConfig(_Section):
     """Where rollouts come from.
 
@@ -112,6 +127,7 @@ class EvolveConfig(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ved: VEDConfig = Field(default_factory=VEDConfig)
     experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     save_every: int = Field(10, ge=1, description="steps between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     tensorboard: bool = Field(True, description="also write TensorBoard scalars (needs the tensorboard package)")
