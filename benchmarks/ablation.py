@@ -11,6 +11,9 @@ structured decoding and grounded image queries):
     grpo      sft, then `genevolve evolve` with ved.form none
     ved_kl    sft, then evolve with the paper's VED loss (ved.form kl)
     ved_adv   sft, then evolve with the sampled-token advantage form (ved.form advantage)
+    frozen    sft, then evolve with lr 1e-12: the control. It draws the same requests with the same seeds
+              as the RL arms of its seed, so each RL arm's reward minus its is the policy's doing, not
+              the draw's (no benchmark run: it is the SFT policy)
 
 Every RL arm of a seed starts from that seed's SFT model and spends the same rollouts (steps x
 requests_per_step x k). Each arm is evaluated with `genevolve bench` and the world judge on a fixed,
@@ -24,8 +27,8 @@ be rerun by hand. OUT/results.json holds every number; OUT/results.md the table,
 figure, wall times and the teacher's token pushes; OUT/curves.png the learning curves.
 
 Sizes (full / --quick): 3 / 1 seeds, SFT 1 epoch / 12 steps, 16 / 2 RL steps of 2 requests x 4
-rollouts, 1 benchmark item per category (16 items). These are what fit 90 minutes on 2 cores;
-docs/results.md reports a full run. A missing world is built (seed 0, 4,000 SFT rows) and a config
+rollouts, 1 benchmark item per category (16 items). These fit about 100 minutes on 2 cores (90 for a
+full run before the frozen arm was added); docs/results.md reports one. A missing world is built (seed 0, 4,000 SFT rows) and a config
 whose model.path is a world's tokenizer folder gets ``--world``'s (fitted when missing).
 """
 
@@ -47,6 +50,7 @@ import yaml
 
 ARMS = ("untuned", "sft", "grpo", "ved_kl", "ved_adv")
 RL_FORMS = {"grpo": "none", "ved_kl": "kl", "ved_adv": "advantage"}
+CONTROL = "frozen"  # an RL arm that does not learn (lr 1e-12), for paired comparisons
 DIMS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 TRACKS = ("knowledge", "quality")
 
@@ -164,7 +168,9 @@ class Ablation:
                    "k": self.sizes["k"], "tensorboard": False,
                    "concurrency": max(1, (os.cpu_count() or 1) // self.args.jobs), "sample_threads": 1,
                    "program_judge": {**ev.get("program_judge", {}), "world": str(self.world)},
-                   "ved": {**ev.get("ved", {}), "form": RL_FORMS[arm]}})
+                   "ved": {**ev.get("ved", {}), "form": RL_FORMS.get(arm, "none")}})
+        if arm == CONTROL:
+            ev["lr"] = 1e-12
         cfg = self.write_config(f"{arm}-seed{seed}", {"model": self.model_section(seed), "env": self.env(),
                                                       "evolve": ev})
         last = latest_checkpoint(out)
@@ -198,6 +204,7 @@ class Ablation:
             tasks[f"sft/{s}"] = ([sft], lambda s=s: self.bench("sft", s, self.sft(s)))
             for arm in RL_FORMS:
                 tasks[f"{arm}/{s}"] = ([sft], lambda s=s, arm=arm: self.bench(arm, s, self.evolve(arm, s, self.sft(s))))
+            tasks[f"{CONTROL}/{s}"] = ([sft], lambda s=s: self.evolve(CONTROL, s, self.sft(s)))
         done = run_tasks(tasks, self.args.jobs)
         return {arm: {s: done[f"{arm}/{s}"] for s in self.sizes["seeds"]} for arm in ARMS}
 
@@ -245,7 +252,13 @@ def _cell(values: list[float | None]) -> str:
 
 
 def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
-    from genevolve.evolve.analysis import mean_std, reward_curve, rollouts_to_reach, run_seconds
+    from genevolve.evolve.analysis import (
+        mean_std,
+        paired_difference,
+        reward_curve,
+        rollouts_to_reach,
+        run_seconds,
+    )
 
     seeds = ab.sizes["seeds"]
     scores = {arm: {s: _scores(results[arm][s]) for s in seeds} for arm in ARMS}
@@ -254,7 +267,11 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
     for arm in ARMS:
         lines.append(f"| {arm} | " + " | ".join(_cell([scores[arm][s][c] for s in seeds]) for c in columns) + " |")
 
-    curves = {arm: {s: reward_curve(ab.out / f"seed{s}" / arm) for s in seeds} for arm in RL_FORMS}
+    curves = {arm: {s: reward_curve(ab.out / f"seed{s}" / arm) for s in seeds} for arm in (*RL_FORMS, CONTROL)}
+    paired = {arm: [paired_difference(ab.out / f"seed{s}" / arm, ab.out / f"seed{s}" / CONTROL) for s in seeds]
+              for arm in RL_FORMS}
+    vs_control = {arm: {"mean": mean_std([p.mean for p in ps]), "above": sum(p.wins for p in ps),
+                        "below": sum(p.losses for p in ps)} for arm, ps in paired.items()}
     window = max(1, ab.sizes["steps"] // 6)
     final = {arm: mean_std([sum(c[1][-window:]) / len(c[1][-window:]) for c in curves[arm].values()])
              for arm in RL_FORMS}
@@ -275,7 +292,8 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
         wall[arm] = {"train_s": mean_std([t for t, _ in per_seed]), "eval_s": mean_std([e for _, e in per_seed])}
 
     pushes = _pushes(ab, seeds[0])
-    data = {"sizes": ab.sizes, "scores": scores, "final_reward": final, "rollouts_to_match_grpo": match,
+    data = {"sizes": ab.sizes, "scores": scores, "final_reward": final, "vs_frozen": vs_control,
+            "rollouts_to_match_grpo": match,
             "rollouts_per_run": xs[-1], "curves": {a: {s: c for s, c in v.items()} for a, v in curves.items()},
             "wall_seconds": wall, "timings": ab.timings, "teacher_pushes": pushes}
     (ab.out / "results.json").write_text(json.dumps(data, indent=1, default=str))
@@ -283,6 +301,10 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
     md = ["## Scores (mean ± std over seeds " + ", ".join(map(str, seeds)) + ")", "", *lines, "",
           f"## RL reward (mean of the last {window} steps, ± std over seeds; {xs[-1]} rollouts per run)", ""]
     md += [f"- {arm}: {final[arm][0]:.3f} ± {final[arm][1]:.3f}" for arm in RL_FORMS]
+    md += ["", "## RL reward minus the frozen SFT policy's, step by step (same requests and sampling seeds; "
+               "mean over steps, ± std over seeds; steps above / below it over all seeds)", ""]
+    md += [f"- {arm}: {v['mean'][0]:+.3f} ± {v['mean'][1]:.3f} ({v['above']} above, {v['below']} below)"
+           for arm, v in vs_control.items()]
     md += ["", f"Rollouts for the seed-mean curve ({window}-step trailing mean) to reach GRPO's final reward "
                f"{final['grpo'][0]:.3f}:", ""]
     md += [f"- {arm}: {match[arm] if match[arm] is not None else 'not reached'}" for arm in match]
@@ -309,12 +331,13 @@ def _plot(path: Path, xs: list[int], curves: dict[str, dict[int, tuple[list[int]
     from genevolve.evolve.analysis import mean_std, moving_average
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
-    for color, arm in zip(("C0", "C1", "C2"), RL_FORMS, strict=True):
+    for color, arm in zip(("C0", "C1", "C2", "grey"), (*RL_FORMS, CONTROL), strict=True):
         smoothed = [moving_average(c[1], window) for c in curves[arm].values()]
         stats = [mean_std([s[i] for s in smoothed]) for i in range(len(xs))]
         mean = [m for m, _ in stats]
-        ax.plot(xs, mean, color=color, label=arm)
-        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.18)
+        ax.plot(xs, mean, color=color, label=arm, linestyle="--" if arm == CONTROL else "-")
+        if arm != CONTROL:
+            ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.18)
     ax.set_xlabel("rollouts")
     ax.set_ylabel(f"mean reward ({window}-step trailing mean)")
     ax.set_title("RL arms from the same SFT start: seed mean ± std")
