@@ -77,3 +77,31 @@ def test_ved_alone_pulls_the_student_toward_the_teacher():
     assert metrics["ved_loss"] > 0 and metrics["grpo_loss"] == 0
     after = float((logps(student, len(context)) - target).abs().mean())
     assert after < before, (before, after)
+
+
+def test_lora_kl_reference_is_the_adapter_the_run_started_from():
+    """With a LoRA policy that starts from a trained adapter (an SFT run's), the KL reference is that
+    adapter, not the base model under it; scoring it leaves the current weights in place."""
+    peft = pytest.importorskip("peft")
+    tm = _model(2)
+    tm.model = peft.get_peft_model(tm.model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a trained adapter: lora_B is no longer zero
+        for name, p in tm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    assert tm.is_lora
+    view = _view([5, 6, 7, 8], [10, 11, 12, 13, 14])
+    rows = [Row(view, None, advantage=1.0), Row(_view([5, 6, 7, 8], [20, 21, 22]), None, advantage=-1.0)]
+    start = _answer_logp(tm, view)
+    with tm.model.disable_adapter():
+        base = _answer_logp(tm, view)
+    assert abs(start - base) > 1e-3  # the adapter matters
+    cfg = EvolveConfig(data="unused", lr=1e-2, mini_batches=1, micro_batch=2, steps=10, kl_coef=0.1, temperature=1.0)
+    learner = Learner(tm, cfg)
+    learner.step(rows)
+    moved = _answer_logp(tm, view)
+    assert abs(moved - start) > 1e-3
+    scored = learner.score(rows)
+    assert float(scored.ref[0][view.mask.index(1):].sum()) == pytest.approx(start, abs=1e-4)
+    assert float(scored.old[0][view.mask.index(1):].sum()) == pytest.approx(moved, abs=1e-4)
+    assert _answer_logp(tm, view) == pytest.approx(moved, abs=1e-6)  # weights restored

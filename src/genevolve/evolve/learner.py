@@ -8,8 +8,10 @@ log-probs are comparable (DESIGN.md: the teacher pass runs in the learner, not t
 Order within ``Learner.step(rows)``:
 
 1. ``score``: old-policy log-probs of every row, teacher log-probs of the rows with a bundle, and
-   reference log-probs when the KL term is on (LoRA: the same weights with the adapter disabled;
-   full fine-tune: a frozen copy made at start). All no-grad, in micro-batches.
+   reference log-probs when the KL term is on. The reference is the policy the run started from
+   (full fine-tune: a frozen copy made at start; LoRA: the adapter weights at start, swapped in for
+   the pass, which is the SFT adapter a run initialised from one, and the base model for a fresh
+   adapter). All no-grad, in micro-batches.
 2. ``update``: the rows are split into ``mini_batches`` shares, one optimizer step each; inside a
    share, micro-batches accumulate gradients. Each micro-batch's loss is weighted so that the
    accumulated gradient equals that of the share's loss computed at once: GRPO's "sequence mean of
@@ -21,6 +23,7 @@ clipped; more mini-batches make the later ones off-policy, which the clip then b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -89,7 +92,10 @@ class Learner:
             base = self.scheduler.lr_lambdas[0]
             self.scheduler.lr_lambdas = [lambda s: floor + (1 - floor) * base(s)]
         self.reference = None
-        if cfg.kl_coef > 0 and not tm.is_lora:
+        self.reference_weights: dict[str, Any] | None = None
+        if cfg.kl_coef > 0 and tm.is_lora:
+            self.reference_weights = {n: p.detach().clone() for n, p in tm.model.named_parameters() if p.requires_grad}
+        elif cfg.kl_coef > 0:
             self.reference = copy.deepcopy(tm.model).eval().requires_grad_(False)
 
     # -- scoring ------------------------------------------------------------------------------------
@@ -137,12 +143,30 @@ class Learner:
             if self.reference is not None:
                 scored_ref = self._logps(self.reference, [rows[i].view for i in mine])
             else:
-                with model.disable_adapter():
+                with self._reference_adapter():
                     scored_ref = self._logps(model, [rows[i].view for i in mine])
             for i, logp in zip(mine, scored_ref, strict=True):
                 ref[i] = logp
         return Scored(old, teacher, ref, {"old": t1 - t0, "teacher": t2 - t1, "reference": time.perf_counter() - t2},
                       disagreement)
+
+    @contextlib.contextmanager
+    def _reference_adapter(self) -> Any:
+        """The LoRA weights the run started from, in place of the current ones, for the duration."""
+        import torch
+
+        assert self.reference_weights is not None
+        params = dict(self.tm.model.named_parameters())
+        current = {n: params[n].detach().clone() for n in self.reference_weights}
+        with torch.no_grad():
+            for name, value in self.reference_weights.items():
+                params[name].copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in current.items():
+                    params[name].copy_(value)
 
     # -- the update ---------------------------------------------------------------------------------
 
