@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling, UnsupportedConstraint
+from genevolve.policy.base import Constraint, Policy, PolicyError, Reply, Sampling, UnsupportedConstraint
 from genevolve.registry import build
 
 POLICIES: dict[str, str] = {
@@ -38,6 +38,7 @@ __all__ = [
     "Constraint",
     "Policy",
     "PolicyError",
+    "Reply",
     "Sampling",
     "UnsupportedConstraint",
     "build_policy",
