@@ -166,6 +166,7 @@ class Ablation:
         ev.update({"data": str(self.world / "rl.jsonl"), "init_from": str(init), "out": str(out), "seed": seed,
                    "steps": self.sizes["steps"], "requests_per_step": self.sizes["requests_per_step"],
                    "k": self.sizes["k"], "tensorboard": False,
+                   "eval": {"every": 0},  # the arms are compared on the benchmark and against the frozen arm
                    "concurrency": max(1, (os.cpu_count() or 1) // self.args.jobs), "sample_threads": 1,
                    "program_judge": {**ev.get("program_judge", {}), "world": str(self.world)},
                    "ved": {**ev.get("ved", {}), "form": RL_FORMS.get(arm, "none")}})

@@ -1,4 +1,5 @@
-"""Plot an evolve run's reward per step (mean with the spread across rollouts, and the best rollout).
+"""Plot an evolve run's reward per step (mean with the spread across rollouts, and the best rollout), and
+its held-out evaluations when the run has an eval.jsonl.
 
     python benchmarks/plot_metrics.py runs/world-tiny/evolve [--out reward.png]
 
@@ -44,6 +45,12 @@ def main() -> None:
 
         ax.plot(steps, moving_average(mean, args.window), color="C2", linewidth=2,
                 label=f"mean reward, trailing {args.window}-step mean")
+    evals = []
+    if (args.run / "eval.jsonl").is_file():  # evolve.eval: held-out requests, the same seeds every time
+        evals = [json.loads(line) for line in (args.run / "eval.jsonl").read_text().splitlines() if line.strip()]
+        # an evaluation "after step s" scores the policy that step s's update produced: draw it at s + 1
+        ax.plot([e["step"] + 1 for e in evals], [e["reward"] for e in evals], color="C3", marker="o", linewidth=2,
+                label=f"held-out evaluation ({evals[0]['rollouts']} rollouts, fixed seeds)")
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax.set_title(str(args.run))
@@ -52,6 +59,8 @@ def main() -> None:
     out = args.out or args.run / "reward.png"
     fig.savefig(out)
     print(f"wrote {out}")
+    if evals:
+        print("held-out evaluation (after step: reward): " + ", ".join(f"{e['step']}: {e['reward']:.3f}" for e in evals))
     third = max(1, len(mean) // 3)
     print("mean reward by thirds of the run: " + ", ".join(
         f"steps {steps[i]}-{steps[min(i + third, len(steps)) - 1]}: {sum(mean[i:i + third]) / len(mean[i:i + third]):.3f}"
