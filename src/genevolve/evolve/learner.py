@@ -176,7 +176,7 @@ class Learner:
         metrics = self.update(rows, scored)
         metrics["seconds"] = {**scored.seconds, **metrics.pop("seconds")}
         metrics["teacher_student_gap"] = scored.disagreement
-        if scored.seconds["teacher"] and metrics["seconds"]["update"]:
+        if any(r.teacher is not None for r in rows) and metrics["seconds"]["update"]:  # steps with bundles only
             metrics["teacher_cost_ratio"] = scored.seconds["teacher"] / metrics["seconds"]["update"]
         return metrics
 
