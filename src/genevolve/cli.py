@@ -279,8 +279,7 @@ def evolve(
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
     try:
         cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
-        accelerator = launched_accelerator()
-        run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator, progress=accelerator is None or accelerator.is_main_process)
+        run = EvolveRun(cfg, config_dir=config.parent, accelerator=launched_accelerator())
         done = run.run()
     except (ConfigError, MissingDependency, ValueError) as exc:
         _fail(str(exc))

@@ -112,9 +112,9 @@ class EvolveRun:
 
         self.cfg, self.ev = cfg, cfg.evolve
         self.out = Path(self.ev.out)
-        self.progress = progress
         self.accelerator = accelerator
         self.is_main = accelerator is None or accelerator.is_main_process
+        self.progress = progress and self.is_main  # one progress display, the main process's
         env = cfg.run_config(config_dir)
         items = load_dataset(self.ev.data).items
         self.tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in items if i.gt_image]
