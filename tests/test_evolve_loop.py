@@ -254,3 +254,20 @@ def test_evaluation_needs_spare_requests(tmp_path, tok_dir):
     cfg = make_config(tmp_path, tok_dir, tmp_path / "x", eval={"every": 1, "requests": len(REQUESTS)})
     with pytest.raises(ValueError, match="cannot spare"):
         EvolveRun(cfg, progress=False)
+
+
+def test_unscaled_advantages_reach_the_rows(tmp_path, tok_dir):
+    run = EvolveRun(make_config(tmp_path, tok_dir, tmp_path / "dr", steps=1, advantage_scale="none"), progress=False)
+    sample = run._sample
+
+    def spread_rewards(step):  # the heuristic judge scores this random model's images alike: give them a spread
+        groups = sample(step)
+        for group in groups:
+            for i, rollout in enumerate(group):
+                rollout.reward = rollout.reward.model_copy(update={"value": 0.1 * i})
+        return groups
+
+    run._sample = spread_rewards
+    plan = run._plan(0, {})
+    advantages = [adv for _, adv, _ in plan["specs"]]
+    assert advantages == pytest.approx([-0.05, 0.05] * 2, abs=1e-6)  # r - mean; the std form gives ±0.707

@@ -115,6 +115,26 @@ def test_group_advantages_match_reference(rewards):
     assert got == pytest.approx(ref_group_advantages(as_given.tolist(), 1e-6), abs=1e-5)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=8))
+def test_group_advantages_unscaled_are_centred_rewards(rewards):
+    as_given = T(rewards)
+    got = group_advantages(as_given, scale="none").tolist()
+    mean = sum(as_given.tolist()) / len(rewards)
+    flat = len(set(as_given.tolist())) == 1
+    assert got == pytest.approx([0.0 if flat else r - mean for r in as_given.tolist()], abs=1e-6)
+
+
+def test_group_advantages_scale_changes_only_the_weight_of_near_tied_groups():
+    tight, wide = group_advantages(T([[0.50, 0.51], [0.0, 1.0]]), scale="none")
+    assert tight.tolist() == pytest.approx([-0.005, 0.005], abs=1e-6)
+    assert wide.tolist() == pytest.approx([-0.5, 0.5], abs=1e-6)
+    tight_std, wide_std = group_advantages(T([[0.50, 0.51], [0.0, 1.0]]))
+    assert tight_std.tolist() == pytest.approx(wide_std.tolist(), abs=1e-3)  # std scaling: equal weight
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(T([0.0, 1.0]), scale="rank")
+
+
 def test_group_advantages_zero_spread_and_batched_groups():
     assert group_advantages(T([0.1, 0.1, 0.1])).tolist() == [0.0, 0.0, 0.0]
     assert group_advantages(T([0.7])).tolist() == [0.0]

@@ -308,7 +308,7 @@ class EvolveRun:
         matches = self.memory.lookup_many([g[0].request for g in groups], step=step)
         specs = []  # (trajectory, group advantage, teacher system prompt or None)
         for group, match in zip(groups, matches, strict=True):
-            advantages = group_advantages(torch.tensor([r.reward.value for r in group]))
+            advantages = group_advantages(torch.tensor([r.reward.value for r in group]), scale=self.ev.advantage_scale)
             guide = None if match is None else self.agent.system_prompt_with(match.bundle.to_guide())
             specs += [(r.trajectory, adv, guide) for r, adv in zip(group, advantages.tolist(), strict=True)]
         return {"rollouts": [r for g in groups for r in g], "specs": specs,

@@ -46,13 +46,22 @@ def sft_loss(logp_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
     return -(logp_B_T * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+#: how ``group_advantages`` scales a group's centred rewards
+ADVANTAGE_SCALES = ("std", "none")
+
+
+def group_advantages(rewards: Tensor, eps: float = 1e-6, *, scale: str = "std") -> Tensor:
     """GRPO advantages Â_i = (R_i − mean R) / (std R + eps) over the last axis (a group of K rollouts).
 
     ``rewards`` is ``[K]`` (or ``[..., K]``: several groups at once). The std is the sample
     (unbiased, K − 1) one. A group whose rewards are all equal, or that has a single rollout, gets
     zeros: it carries no preference, and float rounding must not turn it into noise.
+
+    ``scale="none"`` keeps R_i − mean R (the Dr. GRPO variant, not the paper's): a group whose rewards
+    differ by 0.01 then pushes 1/100 as hard as one that differs by 1, instead of as hard.
     """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
     import torch
 
     out_dtype = torch.promote_types(rewards.dtype, torch.float32)
@@ -63,7 +72,9 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     mean = rewards.mean(dim=-1, keepdim=True)
     std = rewards.std(dim=-1, unbiased=True, keepdim=True)
     flat = (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)
-    return torch.where(flat, torch.zeros_like(rewards), (rewards - mean) / (std + eps)).to(out_dtype)
+    centred = rewards - mean
+    scaled = centred / (std + eps) if scale == "std" else centred
+    return torch.where(flat, torch.zeros_like(rewards), scaled).to(out_dtype)
 
 
 def grpo_loss(

@@ -109,6 +109,10 @@ class EvolveConfig(_Section):
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference policy (paper option: 1e-3)")
+    advantage_scale: Literal["std", "none"] = Field(
+        "std", description="std: (r - mean) / std of the group (GRPO, the paper); none: r - mean only (Dr. GRPO), so "
+                           "near-tied groups push less (advantages shrink to the reward scale, so kl_coef and "
+                           "ved.lam weigh relatively more)")
     mask_forced: bool = Field(True, description="leave tokens a decoding grammar forced out of every loss (they had "
                                                  "no choice; rollouts record them with structured decoding)")
     mini_batches: int = Field(1, ge=1, description="optimizer updates per step, each on a share of the rollouts")
