@@ -111,6 +111,9 @@ def test_steps_learn_write_and_resume_exactly(tmp_path, tok_dir):
         assert m["rollouts"] == 4 and m["rows"] + m["rows_skipped"] == 4
         assert set(m["seconds"]) >= {"sample", "select", "extract", "views", "old", "teacher", "update"}
         assert m["grpo_loss"] == m["grpo_loss"] and m["ved_loss"] >= 0  # finite
+        assert 1 <= m["policy_calls"] <= 2 and 0 <= m["tool_calls"] <= 1  # the config's budgets
+    rows = _lines(ref_out / "trajectories.jsonl")
+    assert metrics[0]["policy_calls"] == sum(r["trajectory"]["n_policy_calls"] for r in rows[:4]) / 4
     assert any(m["bundle_fraction"] > 0 for m in metrics), "no rollout reached the teacher"
     assert any(m["ved_loss"] > 0 for m in metrics)
     assert len(_lines(ref_out / "trajectories.jsonl")) == 12

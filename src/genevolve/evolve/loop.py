@@ -493,7 +493,10 @@ def _reward_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
     return {"reward": fmean(values) if values else 0.0, "reward_std": pstdev(values) if len(values) > 1 else 0.0,
             "reward_max": max(values, default=0.0), "rubric": dims,
             "program_score": fmean(programs) if programs else None, "rollouts": len(rollouts),
-            "failures": count_failures(r.reward for r in rollouts)}
+            "failures": count_failures(r.reward for r in rollouts),
+            # behaviour: what RL can change without understanding a request (shorter, complete programs)
+            "policy_calls": fmean(r.trajectory.n_policy_calls for r in rollouts) if rollouts else 0.0,
+            "tool_calls": fmean(r.trajectory.n_tool_calls for r in rollouts) if rollouts else 0.0}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
