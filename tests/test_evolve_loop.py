@@ -245,12 +245,16 @@ def test_evaluation_holds_requests_out_and_repeats_its_seeds(tmp_path, tok_dir):
     assert len({json.dumps(_comparable(r) | {"step": 0}) for r in records}) == 1
     trained = {line["request"] for line in _lines(out / "trajectories.jsonl")}
     assert trained.isdisjoint(held)
+    evaluated = _lines(out / "eval_trajectories.jsonl")  # each evaluation's rollouts, under its step
+    assert [r["step"] for r in evaluated] == [-1] * 4 + [0] * 4 + [1] * 4
+    assert {r["request"] for r in evaluated} == held
 
     # Resuming keeps the evaluations of checkpointed steps and does not redo the first one.
     resumed = EvolveRun(make_config(tmp_path, tok_dir, out, steps=3, requests_per_step=1, lr=1e-12,
                                     eval={"every": 1, "requests": 2, "k": 2}), progress=False)
     resumed.run()
     assert [r["step"] for r in _lines(out / "eval.jsonl")] == [-1, 0, 1, 2]
+    assert [r["step"] for r in _lines(out / "eval_trajectories.jsonl")] == [s for s in (-1, 0, 1, 2) for _ in range(4)]
 
 
 def test_evaluation_needs_spare_requests(tmp_path, tok_dir):

@@ -11,8 +11,9 @@ One step, in ``EvolveRun.step``::
     update   optimizer step(s), then metrics.jsonl (+ TensorBoard) and, every N steps, a checkpoint
 
 Run folder (DESIGN.md "Runs on disk"): config.yaml, trajectories.jsonl (one Rollout a line),
-images/step_NNNNNN/, experience.jsonl, metrics.jsonl, eval.jsonl (with ``evolve.eval.every``: a fixed
-request set scored with fixed seeds before training and every N steps), tensorboard/, checkpoints/step_NNNNNN/
+images/step_NNNNNN/, experience.jsonl, metrics.jsonl, eval.jsonl and eval_trajectories.jsonl (with
+``evolve.eval.every``: a fixed request set scored with fixed seeds before training and every N steps; its
+rollouts carry the step they followed, -1 before training, and are not rendered to files), tensorboard/, checkpoints/step_NNNNNN/
 (learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
 Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
@@ -180,8 +181,10 @@ class EvolveRun:
         self.tm.model.eval()
         sampler = replace(self.sampler, k=self.ev.eval.k, images_dir=None)
         groups = asyncio.run(sampler.sample(self.eval_tasks, step=EVAL_SEED_STEP))
-        record = {"step": step, **_reward_metrics([r for g in groups for r in g]),
-                  "seconds": round(time.perf_counter() - t, 3)}
+        rollouts = [r.model_copy(update={"step": step}) for g in groups for r in g]
+        record = {"step": step, **_reward_metrics(rollouts), "seconds": round(time.perf_counter() - t, 3)}
+        for rollout in rollouts:
+            append_line(self.out / "eval_trajectories.jsonl", rollout.to_json())
         append_line(self.out / "eval.jsonl", record)
         # TensorBoard's x for eval/*: updates made (0 before training), as its steps cannot be negative.
         self._tensorboard({"step": step + 1, "eval": {k: v for k, v in record.items() if k != "step"}})
@@ -407,7 +410,7 @@ class EvolveRun:
             last_step = int(state["step"])
         if not self.is_main:
             return last_step + 1
-        for name in ("trajectories.jsonl", "metrics.jsonl", "eval.jsonl"):
+        for name in ("trajectories.jsonl", "metrics.jsonl", "eval.jsonl", "eval_trajectories.jsonl"):
             keep_steps(self.out / name, last_step)
         self.memory.discard_after(last_step)
         for stale in sorted((self.out / "images").glob("step_*")) if (self.out / "images").is_dir() else []:
