@@ -332,6 +332,17 @@ def test_skip_forced_masks_exactly_the_tokens_inside_forced_spans(tok, turns, na
     assert plain.n_forced == 0
 
 
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_a_forced_end_of_turn_is_masked_only_when_skipping(tok, name):
+    turns = [t.model_copy(update={"forced_end": True}) if t.role == "assistant" else t for t in TURNS]
+    plain = encoder(tok, TEMPLATES[name]).view(turns)
+    skipping = encoder(tok, TEMPLATES[name], skip_forced=True).view(turns)
+    ends = [end - 1 for _, end in plain.spans]  # each assistant span closes with its end-of-turn token
+    assert all(plain.mask[t] == 1 and skipping.mask[t] == 0 for t in ends)
+    assert skipping.n_forced == len(ends) and sum(plain.mask) - sum(skipping.mask) == len(ends)
+    assert encoder(tok, TEMPLATES[name], skip_forced=True).view(TURNS).mask == plain.mask  # not forced: scored
+
+
 def test_skip_forced_keeps_teacher_alignment_and_needs_a_fast_tokenizer(tok):
     turns = [t.model_copy(update={"forced": [(0, 7)]}) if t.role == "assistant" else t for t in TURNS]
     enc = encoder(tok, CHATML, skip_forced=True)

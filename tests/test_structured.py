@@ -253,7 +253,8 @@ def test_replies_under_the_grammar_report_the_forced_scaffolding(tok, tools, see
     tail = "answer>" if "<answer>" in reply.text else "tool_call>"
     assert reply.text.endswith(tail) and forced[-1].endswith(tail)
     assert sum(b - a for a, b in reply.forced) < len(reply.text)  # the think text and the choices are free
+    assert reply.forced_end  # after the closing tag only the end-of-turn token was allowed
     short = sampling.model_copy(update={"max_tokens": 16})
     plain = asyncio.run(policy.areply([Turn(role="user", content="draw a fox")], sampling=short))
-    assert plain.forced == []  # no constraint, nothing forced
+    assert plain.forced == [] and not plain.forced_end  # no constraint, nothing forced
 

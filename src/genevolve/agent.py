@@ -219,7 +219,8 @@ class Agent:
                 return
             traj.timings["policy"] += time.perf_counter() - t
             traj.n_policy_calls += 1
-            traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced))
+            traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced,
+                                   forced_end=reply.forced_end))
 
             parsed = parse_turn(reply.text, self.tools.keys())
             if parsed.error:

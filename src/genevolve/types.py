@@ -100,6 +100,8 @@ class Turn(_Record):
     #: assistant turns: ``[start, end)`` character spans of ``content`` that a decoding constraint forced (the
     #: grammar left one way to continue), sorted and disjoint; training can leave them out of the loss.
     forced: list[tuple[int, int]] = Field(default_factory=list)
+    #: assistant turns: the end-of-turn token that closed the turn was forced too (no other token was allowed)
+    forced_end: bool = False
 
     @model_validator(mode="after")
     def _placeholders_match(self) -> Turn:

@@ -20,7 +20,8 @@ the view is built from what the policy saw and wrote, not from a re-rendering of
 - ``skip_forced``: tokens whose every character a decoding constraint forced (``Turn.forced``, recorded
   by the grammar-constrained local policy) get mask 0 too. Under the grammar their probability is 1
   whatever the weights, so a policy gradient on them only moves the unconstrained model, and their
-  scaffolding (tags, JSON keys) would otherwise take a large share of every sequence's loss.
+  scaffolding (tags, JSON keys) would otherwise take a large share of every sequence's loss. The
+  end-of-turn token is masked the same way when the turn says the grammar forced it (``Turn.forced_end``).
 - For VLMs the processor expands each image's placeholder into image tokens; its pixel tensors are
   returned beside the ids.
 
@@ -213,15 +214,19 @@ class ChatEncoder:
         spans: list[tuple[int, int]] = []
         chunks: list[tuple[int, dict[str, Any]]] = []  # (start, processor extras) per image-bearing piece
         forced = iter([turns[i].forced for i in assistant_at])
+        forced_end = iter([turns[i].forced_end for i in assistant_at])
+        end_forced = False
         n_forced = 0
         for kind, text in pieces:
             if kind == "eot":
                 ids.append(self._eot_id)
-                mask.append(1)
+                mask.append(0 if end_forced else 1)
+                n_forced += end_forced
                 spans[-1] = (spans[-1][0], len(ids))
                 continue
             if kind == "assistant":
                 new, free = self._assistant_tokens(text, next(forced))
+                end_forced = self.skip_forced and next(forced_end)
                 spans.append((len(ids), len(ids) + len(new)))
                 ids.extend(new)
                 mask.extend(free)

@@ -52,12 +52,14 @@ class Constraint(BaseModel):
 
 class Reply(BaseModel):
     """One assistant message with what the decoder knows about it. ``forced``: ``[start, end)`` character
-    spans of ``text`` that the constraint forced (no choice was left there); empty when unknown."""
+    spans of ``text`` that the constraint forced (no choice was left there); empty when unknown.
+    ``forced_end``: the end-of-turn token the decoder stopped on was the only token the constraint allowed."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: str
     forced: list[tuple[int, int]] = []
+    forced_end: bool = False
 
 
 class PolicyError(RuntimeError):

@@ -70,6 +70,9 @@ class GrammarLogitsProcessor:
         self._bitmask: Any = None
         #: per generated token: how many bytes the grammar forced before it was sampled (``compute_ff_bytes``)
         self.forced_bytes: list[int] = []
+        #: per generated token: whether the grammar allowed exactly one token there (a forced end of turn has
+        #: no bytes to count, so ``forced_bytes`` cannot tell)
+        self.single_choice: list[bool] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import llguidance.torch as llt
@@ -88,6 +91,7 @@ class GrammarLogitsProcessor:
         # The model's embedding table may be padded beyond the tokenizer's vocabulary: those ids are never valid.
         allowed_V = torch.zeros(scores.shape[-1], dtype=torch.bool)
         allowed_V[:vocab] = unpack_bitmask(self._bitmask[0], vocab)
+        self.single_choice.append(int(allowed_V.sum()) == 1)
         return scores.masked_fill(~allowed_V.to(scores.device), float("-inf"))
 
 

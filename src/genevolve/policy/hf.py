@@ -358,7 +358,18 @@ class HFPolicy(Policy):
             out_B_T = self.model.generate(**inputs, logits_processor=processors, **kwargs)
         new_T = out_B_T[0, inputs["input_ids"].shape[1] :]
         text = self.tokenizer.decode(new_T, skip_special_tokens=True)
-        return Reply(text=text, forced=self._forced(new_T.tolist(), text, getattr(proc, "forced_bytes", None)))
+        new_ids = new_T.tolist()
+        single = getattr(proc, "single_choice", None)
+        stopped = bool(new_ids) and new_ids[-1] in self._end_ids()
+        return Reply(text=text, forced=self._forced(new_ids, text, getattr(proc, "forced_bytes", None)),
+                     forced_end=stopped and bool(single) and len(single) == len(new_ids) and single[-1])
+
+    def _end_ids(self) -> set[int]:
+        """Token ids that end generation (the generation config's eos ids, else the tokenizer's)."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
 
     def _forced(self, new_ids: list[int], text: str, forced_bytes: list[int] | None) -> list[tuple[int, int]]:
         """Character spans of ``text`` the grammar forced, from the processor's per-token forced byte counts;
