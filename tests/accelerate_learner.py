@@ -1,5 +1,5 @@
 """One Learner step on fixed rows, run by tests/test_evolve_accelerate.py in one process or under
-``accelerate launch --num_processes 2 --cpu``. Writes the step's metrics and the updated parameters."""
+``torchrun --nproc_per_node 2``. Writes the step's metrics and the updated parameters."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main(out: str, accelerate: bool) -> None:
     learner = Learner(tm, cfg, accelerator=accelerator)
     metrics = learner.step(rows())
     if accelerator is None or accelerator.is_main_process:
-        keep = {k: metrics[k] for k in ("loss", "grad_norm")}
+        keep = {k: metrics[k] for k in ("loss", "grad_norm")} | {"processes": learner.world}
         torch.save({"metrics": keep, "params": {n: p.detach() for n, p in model.named_parameters()}}, out)
         print(json.dumps(keep))
 

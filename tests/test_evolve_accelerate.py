@@ -1,5 +1,6 @@
-"""Under accelerate with two CPU processes, the learner and the whole `genevolve evolve` loop give the same
-update as one process."""
+"""With two CPU processes (torchrun; accelerate joins them over gloo), the learner, the whole `genevolve
+evolve` loop and `genevolve sft` give the same update as one process. Each test checks that two processes
+really ran: `accelerate launch --cpu` would start only one."""
 
 from __future__ import annotations
 
@@ -18,19 +19,17 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _launcher():
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the accelerate launcher is not on PATH")
-    return launcher
-
-
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
+    runner = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if runner is None:
+        pytest.skip("torchrun is not on PATH")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [_launcher(), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", "0", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([runner, "--standalone", "--nproc_per_node", "2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _genevolve() -> str:
+    return shutil.which("genevolve", path=str(Path(sys.executable).parent)) or shutil.which("genevolve") or "genevolve"
 
 
 def test_two_processes_match_one(tmp_path):
@@ -42,6 +41,7 @@ def test_two_processes_match_one(tmp_path):
     result = _launch([str(ROOT / "tests" / "accelerate_learner.py"), str(double), "accelerate"])
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = torch.load(single), torch.load(double)
+    assert (a["metrics"]["processes"], b["metrics"]["processes"]) == (1, 2)
     assert b["metrics"]["grad_norm"] == pytest.approx(a["metrics"]["grad_norm"], rel=1e-4)
     assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)  # summed over processes
     for name, value in a["params"].items():
@@ -66,16 +66,19 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
     cfg = make_config(tmp_path, tok_dir, tmp_path / "double", steps=1)
     path = tmp_path / "evolve.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    command = [shutil.which("genevolve", path=str(Path(sys.executable).parent)) or "genevolve", "evolve",
-               "--config", str(path)]
+    command = [_genevolve(), "evolve", "--config", str(path)]
     result = _launch(command)
     assert result.returncode == 0, result.stderr[-3000:]
     (got,) = [json.loads(line) for line in (tmp_path / "double" / "metrics.jsonl").read_text().splitlines()]
-    learner_keys = ("loss", "grpo_loss", "ved_loss", "grad_norm", "clip_frac_low", "clip_frac_high")
+    assert (want["processes"], got["processes"]) == (1, 2)
+    learner_keys = ("loss", "grpo_loss", "ved_loss", "grad_norm", "clip_frac_low", "clip_frac_high",
+                    "teacher_student_gap")
+    assert want["teacher_student_gap"] is not None  # step 0 had bundles, so the gap is compared
     for key in learner_keys:
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), key
-    rest = {k: v for k, v in _comparable(want).items() if k not in learner_keys}
-    assert {k: v for k, v in _comparable(got).items() if k not in learner_keys} == json.loads(json.dumps(rest))
+    skip = (*learner_keys, "processes")
+    rest = {k: v for k, v in _comparable(want).items() if k not in skip}
+    assert {k: v for k, v in _comparable(got).items() if k not in skip} == json.loads(json.dumps(rest))
     a = torch.load(latest_checkpoint(tmp_path / "single") / "learner.pt", weights_only=False)["learner"]["trainable"]
     b = torch.load(latest_checkpoint(tmp_path / "double") / "learner.pt", weights_only=False)["learner"]["trainable"]
     for name, value in a.items():  # Adam divides by the gradient's size: near-zero entries amplify float noise
@@ -86,3 +89,58 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "double" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1]
     assert latest_checkpoint(tmp_path / "double").name == "step_000001"
+
+
+def test_sft_on_two_processes_matches_one_and_resumes(tmp_path):
+    """Micro-batches are dealt out over two processes (three a step: uneven on purpose); the losses,
+    evaluations and final weights equal a one-process run's, and a relaunch resumes from a checkpoint."""
+    import json
+
+    import yaml
+
+    from genevolve.evolve.model import load_model
+    from genevolve.evolve.sft import run_sft
+    from genevolve.evolve.train_config import ModelSpec
+    from tests.test_evolve_sft import SUBJECTS, TINY, config, metric_lines, row, trainable
+    from tests.test_policy_hf import make_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    make_tokenizer().save_pretrained(tok_dir)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(row(s)) + "\n" for s in SUBJECTS * 3))
+    model = {"path": str(tok_dir), "from_config": TINY}
+    settings = {"max_steps": 4, "grad_accum": 3, "batch_size": 2, "context_loss": 1.0, "context_frac": 0.5}
+    run_sft(config(tmp_path / "single", data, model, **settings), progress=False)
+    cfg = config(tmp_path / "double", data, model, **settings)
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    command = [_genevolve(), "sft", "--config", str(path)]
+    result = _launch(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def same_records(got, want):
+        assert [(r["step"], r["kind"]) for r in got] == [(r["step"], r["kind"]) for r in want]
+        for g, w in zip(got, want, strict=True):
+            for key in ("loss", "context_loss", "grad_norm", "eval_loss", "tokens", "lr", "epoch"):
+                if key in w:
+                    assert g[key] == pytest.approx(w[key], rel=1e-4), (w["step"], key)
+
+    def same_weights(a_dir, b_dir):
+        a, b = (trainable(load_model(ModelSpec(path=str(d / "final")))) for d in (a_dir, b_dir))
+        for name, value in a.items():
+            torch.testing.assert_close(b[name], value, rtol=1e-3, atol=1e-5)
+
+    want = metric_lines(tmp_path / "single")
+    assert any(r["kind"] == "eval" for r in want) and all("context_loss" in r for r in want if r["kind"] == "train")
+    assert json.loads((tmp_path / "double" / "data.json").read_text())["processes"] == 2
+    same_records(metric_lines(tmp_path / "double"), want)
+    same_weights(tmp_path / "single", tmp_path / "double")
+
+    # Lose everything after the step-2 checkpoint; a relaunch resumes there and ends the same.
+    out = tmp_path / "double"
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    shutil.rmtree(out / "final")
+    result = _launch(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_records(metric_lines(out), want)
+    same_weights(tmp_path / "single", out)

@@ -243,16 +243,21 @@ def sft(
 ) -> None:
     """Supervised cold start on GenEvolve-Data SFT rows: loss on assistant tokens only, LoRA or full.
 
-    Writes OUT/metrics.jsonl, OUT/checkpoints/ and OUT/final/ (adapter or model + tokenizer)."""
+    Writes OUT/metrics.jsonl, OUT/checkpoints/ and OUT/final/ (adapter or model + tokenizer). Under
+    `accelerate launch` with several processes they train data-parallel and the main one writes."""
+    from genevolve.evolve.parallel import launched_processes
     from genevolve.evolve.sft import run_sft
     from genevolve.evolve.train_config import load_sft_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("max_steps", max_steps)) if v is not None}
     try:
         cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
-        result = run_sft(cfg, fresh=fresh, config_dir=config.parent)
+        with launched_processes() as accelerator:
+            result = run_sft(cfg, fresh=fresh, config_dir=config.parent, accelerator=accelerator)
     except (ConfigError, MissingDependency) as exc:
         _fail(str(exc))
+    if accelerator is not None and not accelerator.is_main_process:
+        return
     if result.resumed_from:
         console.print(f"resumed from step {result.resumed_from}")
     losses = " · ".join(f"{name} {value:.4f}" for name, value in (("train loss", result.train_loss),
@@ -273,14 +278,16 @@ def evolve(
     policy. Writes OUT/metrics.jsonl, trajectories.jsonl, experience.jsonl, images/ and checkpoints/;
     rerunning the same command resumes from the newest checkpoint. Under `accelerate launch` with several
     processes the main one samples and writes, and all of them train data-parallel."""
-    from genevolve.evolve.loop import EvolveRun, launched_accelerator
+    from genevolve.evolve.loop import EvolveRun
+    from genevolve.evolve.parallel import launched_processes
     from genevolve.evolve.rl_config import load_evolve_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
     try:
         cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
-        run = EvolveRun(cfg, config_dir=config.parent, accelerator=launched_accelerator())
-        done = run.run()
+        with launched_processes() as accelerator:
+            run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator)
+            done = run.run()
     except (ConfigError, MissingDependency, ValueError) as exc:
         _fail(str(exc))
     if not run.is_main:

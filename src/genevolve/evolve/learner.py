@@ -33,6 +33,7 @@ from typing import Any
 
 from genevolve.evolve import losses
 from genevolve.evolve.model import TrainModel
+from genevolve.evolve.parallel import sum_gradients, sum_values, world_of
 from genevolve.evolve.rl_config import EvolveConfig
 from genevolve.evolve.tokens import TokenView, aligned_positions, collate, token_logps
 
@@ -78,8 +79,7 @@ class Learner:
 
         self.tm, self.cfg = tm, cfg
         self.accelerator = accelerator
-        self.rank = accelerator.process_index if accelerator is not None else 0
-        self.world = accelerator.num_processes if accelerator is not None else 1
+        self.rank, self.world = world_of(accelerator)
         params = tm.trainable_parameters()
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -137,7 +137,8 @@ class Learner:
                 teacher[i] = row
         t2 = time.perf_counter()
         gaps = [(teacher[i] - old[i]).abs()[torch.tensor(rows[i].view.mask, dtype=torch.bool)] for i in with_bundle]
-        disagreement = float(torch.cat(gaps).mean()) if gaps and sum(g.numel() for g in gaps) else None
+        gap_sum, gap_n = sum_values(self.accelerator, [sum(float(g.sum()) for g in gaps), sum(g.numel() for g in gaps)])
+        disagreement = gap_sum / gap_n if gap_n else None  # over every process's rows
         ref: list[Any | None] = [None] * len(rows)
         if self.cfg.kl_coef > 0:
             if self.reference is not None:
@@ -202,7 +203,7 @@ class Learner:
                     sums[key] += float(parts[key])
                 sums["loss"] += float(parts["loss"].detach())
                 sums["tokens"] += int(parts["tokens"])
-            self._sum_gradients()
+            sum_gradients(self.accelerator, self.tm.trainable_parameters())
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.tm.trainable_parameters(), cfg.max_grad_norm)
                 grad_norms.append(float(norm))
@@ -210,7 +211,9 @@ class Learner:
             self.scheduler.step()
         model.eval()
         seconds = time.perf_counter() - t0
-        sums = self._sum_over_processes(sums)
+        keys = sorted(sums)
+        sums = dict(zip(keys, sum_values(self.accelerator, [sums[k] for k in keys]), strict=True))
+        sums["tokens"] = int(sums["tokens"])
         n_shares = sum(1 for s in shares if s)
         n_rows = max(len(rows), 1)
         return {
@@ -232,30 +235,6 @@ class Learner:
         mask = torch.tensor(row.view.mask)[None]
         zeros = torch.zeros(mask.shape)
         return int(losses.ved_selection(zeros, zeros, mask, self.cfg.ved.top_frac).sum())
-
-    def _sum_over_processes(self, sums: dict[str, float]) -> dict[str, float]:
-        """Each process's parts of the metric sums, added up (every process gets the totals)."""
-        if self.world == 1:
-            return sums
-        import torch
-
-        keys = sorted(sums)
-        local = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
-        total = self.accelerator.reduce(local, reduction="sum").tolist()
-        return {k: int(v) if k == "tokens" else v for k, v in zip(keys, total, strict=True)}
-
-    def _sum_gradients(self) -> None:
-        """Data parallelism over accelerate's processes: each process has the gradient of its rows' part
-        of the share's loss (weighted by share-wide totals), so the share's gradient is their sum. Summed
-        here rather than by a DDP wrapper, so processes may hold different numbers of micro-batches."""
-        if self.world == 1:
-            return
-        import torch
-
-        for param in self.tm.trainable_parameters():
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            param.grad = self.accelerator.reduce(param.grad, reduction="sum")
 
     def _micro_loss(self, rows: Sequence[Row], scored: Scored, idx: list[int], share_rows: int,
                     kept_total: int) -> dict[str, Any]:

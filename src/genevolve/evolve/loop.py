@@ -287,7 +287,8 @@ class EvolveRun:
             return None
         metrics = {"step": step, **_reward_metrics(plan["rollouts"]), **plan["metrics"], **info,
                    "bundle_cosines": plan["cosines"], **learned,
-                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "peak_rss_mb": _peak_rss_mb()}
+                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "peak_rss_mb": _peak_rss_mb(),
+                   "processes": self.learner.world}
         return StepResult(step, metrics, plan["rollouts"])
 
     def _plan(self, step: int, seconds: dict[str, float]) -> dict[str, Any]:
@@ -459,18 +460,6 @@ def _logged_steps(path: Path) -> set[int]:
     if not path.is_file():
         return set()
     return {int(json.loads(line)["step"]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-
-
-def launched_accelerator(timeout_s: float = 7200.0) -> Any:
-    """An ``Accelerator`` when ``accelerate launch`` (or ``torchrun``) started several processes, else None.
-    ``timeout_s`` bounds a collective: the other processes wait in one while the main process samples."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from datetime import timedelta
-
-    from accelerate import Accelerator, InitProcessGroupKwargs
-
-    return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
 
 
 def latest_checkpoint(out: Path) -> Path | None:

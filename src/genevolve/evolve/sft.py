@@ -12,6 +12,12 @@ loadable by ``HFPolicy``/``EmbeddedPolicy``). Rerunning the same command resumes
 complete checkpoint and continues exactly as the uninterrupted run would have: the data order is a
 function of (seed, epoch), the RNG states are restored, and metrics lines written after that
 checkpoint are dropped so no step appears twice.
+
+Several processes (``accelerate launch ... genevolve sft``, given as ``accelerator``): each optimizer
+step's micro-batches are dealt out round-robin, each process backpropagates its micro-batches' shares of
+the step-wide token mean, and the gradients are summed (``genevolve.evolve.parallel``), so the update is
+the one-process update; ``grad_accum`` a multiple of the process count keeps every process busy. The
+main process writes the run folder; every process resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from genevolve.evolve.parallel import sum_gradients, sum_values, wait_for_everyone, world_of
 from genevolve.evolve.sft_data import SFTExample, load_examples, micro_batches, split
 from genevolve.evolve.tokens import ChatEncoder, TokenView, collate, token_logps
 from genevolve.evolve.train_config import SFTFile
@@ -63,25 +70,35 @@ def cosine_with_warmup(total: int, warmup: int, min_frac: float) -> Callable[[in
     return factor
 
 
-def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_dir: Path | None = None) -> SFTResult:
+def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_dir: Path | None = None,
+            accelerator: Any = None) -> SFTResult:
     """Train, or resume the run in ``cfg.sft.out``; return where the final weights are. ``config_dir``:
-    where a relative ``env`` path is also looked for (the config file's folder), as evolve does."""
+    where a relative ``env`` path is also looked for (the config file's folder), as evolve does.
+    ``accelerator``: several processes train data-parallel (module docstring)."""
     import torch
 
     from genevolve.evolve.model import load_model, save_model
 
     s = cfg.sft
     out = Path(s.out)
-    _prepare_folder(out, cfg, fresh)
-    tm = load_model(cfg.model)
+    rank, world = world_of(accelerator)
+    main = rank == 0
+    if main:
+        _prepare_folder(out, cfg, fresh)
+    wait_for_everyone(accelerator)
+    spec = cfg.model
+    if accelerator is not None and spec.device != "cpu":
+        spec = spec.model_copy(update={"device": str(accelerator.device)})  # one GPU per process
+    tm = load_model(spec)
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
     examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed,
                                       system=cfg.system_prompt(config_dir))
     if not examples:
         raise ConfigError(f"no usable SFT rows in {', '.join(s.data)} ({len(skipped)} skipped; see {out / 'data.json'})")
     train, held = split(examples, s.eval_frac, s.seed)
-    _write_json(out / "data.json", {"n_train": len(train), "n_eval": len(held), "n_skipped": len(skipped),
-                                    "eval_ids": [e.id for e in held], "skipped": skipped})
+    if main:
+        _write_json(out / "data.json", {"n_train": len(train), "n_eval": len(held), "n_skipped": len(skipped),
+                                        "processes": world, "eval_ids": [e.id for e in held], "skipped": skipped})
     batches = micro_batches(len(train), s.batch_size, s.epochs, s.seed)
     rows_before = [0, *itertools.accumulate(len(mb) for mb in batches)]  # rows seen after n micro-batches
     total = math.ceil(len(batches) / s.grad_accum)
@@ -94,7 +111,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
     random.seed(s.seed)
     torch.manual_seed(s.seed)
     start = _resume(out, tm, optimizer, scheduler)
-    metrics = _Metrics(out / "metrics.jsonl", keep_through=start)
+    metrics = _Metrics(out / "metrics.jsonl", keep_through=start) if main else None
 
     def view_of(example: SFTExample) -> TokenView:
         if example.has_images and encoder.accepts_images:  # pixels were dropped after the first pass
@@ -102,43 +119,55 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
         return example.view
 
     train_loss = eval_loss = None
-    with _progress(progress, total, start) as advance:
+    with _progress(progress and main, total, start) as advance:
         for step in range(start, total):
             t0 = time.perf_counter()
-            step_views = [[view_of(train[i]) for i in mb] for mb in batches[step * s.grad_accum:(step + 1) * s.grad_accum]]
+            step_batches = batches[step * s.grad_accum:(step + 1) * s.grad_accum]
+            # this process's micro-batches get full views (pixels); the others only count tokens
+            step_views = [[view_of(train[i]) if m % world == rank else train[i].view for i in mb]
+                          for m, mb in enumerate(step_batches)]
             lr = scheduler.get_last_lr()[0]
             train_loss, grad_norm, n_tokens, context_loss = _train_step(
                 tm, step_views, s.max_grad_norm, optimizer, params,
-                context=(s.context_loss, s.context_frac, s.seed * 1_000_003 + step))
+                context=(s.context_loss, s.context_frac, s.seed * 1_000_003 + step), accelerator=accelerator)
             scheduler.step()
             seconds = time.perf_counter() - t0
             done = step + 1
-            metrics.write({"step": done, "kind": "train", "loss": train_loss,
-                           **({"context_loss": context_loss} if context_loss is not None else {}),
-                           "lr": lr, "grad_norm": grad_norm,
-                           "tokens": n_tokens, "epoch": round(rows_before[min(done * s.grad_accum, len(batches))] / len(train), 4),
-                           "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1)})
+            if metrics is not None:
+                metrics.write({"step": done, "kind": "train", "loss": train_loss,
+                               **({"context_loss": context_loss} if context_loss is not None else {}),
+                               "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens,
+                               "epoch": round(rows_before[min(done * s.grad_accum, len(batches))] / len(train), 4),
+                               "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1)})
             if held and (done % s.eval_every == 0 or done == total):
-                eval_loss = evaluate(tm, [view_of(e) for e in held], s.batch_size)
-                metrics.write({"step": done, "kind": "eval", "eval_loss": eval_loss})
-            if done % s.save_every == 0 or done == total:
+                eval_loss = evaluate(tm, [view_of(e) for e in held[rank::world]], s.batch_size, accelerator)
+                if metrics is not None:
+                    metrics.write({"step": done, "kind": "eval", "eval_loss": eval_loss})
+            if main and (done % s.save_every == 0 or done == total):
                 _save_checkpoint(out, done, tm, optimizer, scheduler, s.keep_checkpoints)
             advance(train_loss, eval_loss)
-    final = save_model(tm, out / "final")
+    final = out / "final"
+    if main:
+        final = save_model(tm, final)
+    wait_for_everyone(accelerator)
     return SFTResult(out, total, final, train_loss, eval_loss, start)
 
 
 def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float | None,
-                optimizer: Any, params: list[Any], context: tuple[float, float, int] = (0.0, 0.0, 0)
-                ) -> tuple[float, float, int, float | None]:
+                optimizer: Any, params: list[Any], context: tuple[float, float, int] = (0.0, 0.0, 0),
+                accelerator: Any = None) -> tuple[float, float, int, float | None]:
     """One optimizer step over several micro-batches; the loss is the token mean over all of them.
 
     ``context = (weight, frac, seed)``: with weight > 0, each micro-batch also scores a seeded
     sample of ``frac`` of its positions on context tokens (requests, tool responses, the prompt),
     shared by its rows so the output layer sees only those, and adds ``weight`` × their token-mean
-    NLL. Returns (assistant NLL, grad norm, assistant tokens, context NLL or None)."""
+    NLL. Returns (assistant NLL, grad norm, assistant tokens, context NLL or None).
+
+    With several processes each runs micro-batches ``rank, rank + world, ...`` (every process sees all
+    of the step's views, to count the totals that weight the shares); gradients and losses are summed."""
     import torch
 
+    rank, world = world_of(accelerator)
     weight, frac, seed = context
     n_tokens = sum(v.n_assistant_tokens for views in step_views for v in views)
     batches, context_masks = [], []
@@ -153,7 +182,9 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
         context_masks.append(ctx_B_T)
     n_context = sum(int(m.sum()) for m in context_masks if m is not None)
     total, context_total = 0.0, 0.0
-    for batch, ctx_B_T in zip(batches, context_masks, strict=True):
+    for micro, (batch, ctx_B_T) in enumerate(zip(batches, context_masks, strict=True)):
+        if micro % world != rank:
+            continue
         mask_B_T = batch.mask_B_T
         if ctx_B_T is not None:
             batch.mask_B_T = mask_B_T | ctx_B_T  # one forward scores both kinds of position
@@ -165,14 +196,17 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
             context_total += float(ctx_loss.detach())
             loss = loss + weight * ctx_loss
         loss.backward()
+    sum_gradients(accelerator, params)
+    total, context_total = sum_values(accelerator, [total, context_total])
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, float(norm), n_tokens, (context_total if weight > 0 else None)
 
 
-def evaluate(tm: Any, views: list[TokenView], batch_size: int) -> float:
-    """Token-mean NLL of the assistant tokens of ``views`` (no gradient)."""
+def evaluate(tm: Any, views: list[TokenView], batch_size: int, accelerator: Any = None) -> float:
+    """Token-mean NLL of the assistant tokens of ``views`` (no gradient); with several processes, of all
+    processes' views together."""
     import torch
 
     was_training = tm.model.training
@@ -185,6 +219,7 @@ def evaluate(tm: Any, views: list[TokenView], batch_size: int) -> float:
             nll -= float(logp_B_T.sum())
             n += int(batch.mask_B_T.sum())
     tm.model.train(was_training)
+    nll, n = sum_values(accelerator, [nll, n])
     return nll / max(n, 1)
 
 
