@@ -139,3 +139,20 @@ def test_paired_difference_counts_and_sign_test(tmp_path):
     assert paired.mean == pytest.approx((5 * 0.1 - 0.1) / 6)
     with pytest.raises(ValueError, match="no step in common"):
         paired_difference(run, _metrics(tmp_path / "none", {20: 0.1}))
+
+
+def test_paired_difference_of_another_metric(tmp_path):
+    from genevolve.evolve.analysis import paired_difference
+
+    def run(folder, calls):
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "reward": 0.2, "policy_calls": c, "rollouts": 4}) + "\n" for s, c in enumerate(calls)))
+        return folder
+
+    control, trained = run(tmp_path / "c", [6.0, 6.0, 5.0]), run(tmp_path / "r", [5.5, 5.0, 5.0])
+    paired = paired_difference(trained, control, "policy_calls")
+    assert paired.diffs == pytest.approx([-0.5, -1.0, 0.0]) and (paired.wins, paired.losses) == (0, 2)
+    assert paired_difference(trained, control).diffs == [0.0] * 3  # the reward is the default
+    with pytest.raises(ValueError, match="no number 'tool_calls'"):
+        paired_difference(trained, control, "tool_calls")

@@ -5,7 +5,8 @@ Used by ``benchmarks/ablation.py``; each function also works on any evolve run f
 - ``mean_std``: mean and sample standard deviation over seeds (std 0 for one seed).
 - ``reward_curve``: an evolve run's mean reward per step against rollouts spent so far.
 - ``rollouts_to_reach``: the first rollout count at which a (smoothed) curve reaches a target.
-- ``paired_difference``: a run's reward minus a frozen control's, step by step (same requests and seeds).
+- ``paired_difference``: a run's reward (or another step metric) minus a frozen control's, step by step
+  (same requests and seeds).
 - ``teacher_pushes``: for one student rollout and one experience bundle, the assistant tokens whose
   log-probability the teacher context raises or lowers most: what distillation would push.
 - ``copy_rate``: how often a policy's first image query reuses a content word of the request, a quick
@@ -111,13 +112,18 @@ class PairedDifference:
         return [statistics.fmean(self.diffs[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def paired_difference(run: str | Path, control: str | Path) -> PairedDifference:
-    """``run``'s mean reward minus ``control``'s at every step both logged. Raises when they share none."""
+def paired_difference(run: str | Path, control: str | Path, metric: str = "reward") -> PairedDifference:
+    """``run``'s ``metric`` (a number in each step's record: ``reward``, ``policy_calls``, ...) minus
+    ``control``'s at every step both logged. Raises when they share no step or a record lacks the metric."""
     a, b = step_records(run), step_records(control)
     steps = sorted(set(a) & set(b))
     if not steps:
         raise ValueError(f"{run} and {control} have no step in common")
-    return PairedDifference(steps, [float(a[s]["reward"]) - float(b[s]["reward"]) for s in steps])
+    for name, records in ((run, a), (control, b)):
+        missing = [s for s in steps if not isinstance(records[s].get(metric), int | float)]
+        if missing:
+            raise ValueError(f"{name}: step {missing[0]} has no number {metric!r} in metrics.jsonl")
+    return PairedDifference(steps, [float(a[s][metric]) - float(b[s][metric]) for s in steps])
 
 
 def run_seconds(run: str | Path) -> float:
