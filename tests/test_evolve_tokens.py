@@ -332,6 +332,62 @@ def test_skip_forced_masks_exactly_the_tokens_inside_forced_spans(tok, turns, na
     assert plain.n_forced == 0
 
 
+def split_ids(tok, text: str, cuts: list[int]) -> list[int]:
+    """A non-canonical tokenisation of ``text``: each piece between ``cuts`` tokenised on its own."""
+    bounds = [0, *sorted(set(cuts)), len(text)]
+    return [i for a, b in zip(bounds, bounds[1:], strict=False) if b > a
+            for i in tok(text[a:b], add_special_tokens=False)["input_ids"]]
+
+
+@st.composite
+def sampled_turns(draw):
+    """TURNS whose assistant turns carry sampled ids (a random split of the content) and random forced spans."""
+    out = []
+    for turn in draw(forced_turns()):
+        if turn.role == "assistant":
+            cuts = draw(st.lists(st.integers(min_value=1, max_value=len(turn.content) - 1), max_size=12))
+            turn = turn.model_copy(update={"token_ids": split_ids(make_tokenizer(), turn.content, cuts)})
+        out.append(turn)
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sampled_turns(), st.sampled_from(sorted(TEMPLATES)), st.booleans())
+def test_sampled_ids_are_scored_as_sampled(tok, turns, name, skip):
+    view = encoder(tok, TEMPLATES[name], skip_forced=skip).view(turns)
+    assistant = [t for t in turns if t.role == "assistant"]
+    for (start, end), turn in zip(view.spans, assistant, strict=True):
+        assert view.input_ids[start:end - 1] == turn.token_ids  # the sampled split, then the end of turn
+        inside = set().union(*[range(a, b) for a, b in turn.forced]) if turn.forced else set()
+        at = 0
+        for t in range(start, end - 1):
+            piece = decode(tok, [view.input_ids[t]])
+            chars = set(range(at, at + len(piece)))
+            at += len(piece)
+            wholly_forced = skip and bool(chars) and chars <= inside
+            assert view.mask[t] == (0 if wholly_forced else 1), (piece, turn.forced)
+
+
+def test_sampled_ids_that_do_not_spell_the_text_are_ignored(tok):
+    canonical = encoder(tok, CHATML).view(TURNS)
+    other = split_ids(tok, "something else entirely", [4])
+    turns = [t.model_copy(update={"token_ids": other}) if t.role == "assistant" else t for t in TURNS]
+    assert encoder(tok, CHATML).view(turns).input_ids == canonical.input_ids
+
+
+def test_a_token_ending_inside_a_character_is_scored(tok):
+    text = "<think>é</think>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    partial = sum(decode(tok, ids[: i + 1]).endswith("\ufffd") for i in range(len(ids)))
+    assert partial >= 1  # this tokenizer spells é in two byte tokens
+    turn = Turn(role="assistant", content=text, forced=[(0, len(text))], token_ids=ids)
+    view = encoder(tok, CHATML, skip_forced=True).view([TURNS[0], TURNS[1], turn])
+    start, end = view.spans[0]
+    assert view.input_ids[start:end - 1] == ids
+    # all characters forced: only the token cut inside é (no character of its own) and the end of turn count
+    assert sum(view.mask[start:end]) == partial + 1
+
+
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_a_forced_end_of_turn_is_masked_only_when_skipping(tok, name):
     turns = [t.model_copy(update={"forced_end": True}) if t.role == "assistant" else t for t in TURNS]

@@ -257,4 +257,9 @@ def test_replies_under_the_grammar_report_the_forced_scaffolding(tok, tools, see
     short = sampling.model_copy(update={"max_tokens": 16})
     plain = asyncio.run(policy.areply([Turn(role="user", content="draw a fox")], sampling=short))
     assert plain.forced == [] and not plain.forced_end  # no constraint, nothing forced
+    # the sampled ids, which spell the text exactly (the end token left out); none when they cannot
+    # (the unconstrained random model samples special tokens, which the text drops)
+    assert reply.token_ids and tok.decode(reply.token_ids, skip_special_tokens=False,
+                                          clean_up_tokenization_spaces=False) == reply.text
+    assert not plain.token_ids or tok.decode(plain.token_ids, clean_up_tokenization_spaces=False) == plain.text
 

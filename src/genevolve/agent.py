@@ -220,7 +220,7 @@ class Agent:
             traj.timings["policy"] += time.perf_counter() - t
             traj.n_policy_calls += 1
             traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced,
-                                   forced_end=reply.forced_end))
+                                   forced_end=reply.forced_end, token_ids=reply.token_ids))
 
             parsed = parse_turn(reply.text, self.tools.keys())
             if parsed.error:

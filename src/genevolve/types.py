@@ -102,6 +102,8 @@ class Turn(_Record):
     forced: list[tuple[int, int]] = Field(default_factory=list)
     #: assistant turns: the end-of-turn token that closed the turn was forced too (no other token was allowed)
     forced_end: bool = False
+    #: assistant turns: the token ids the policy sampled for ``content`` (its own tokenizer; empty when unknown)
+    token_ids: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _placeholders_match(self) -> Turn:

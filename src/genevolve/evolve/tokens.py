@@ -9,9 +9,11 @@ the view is built from what the policy saw and wrote, not from a re-rendering of
   tokens, so every assistant turn is written verbatim. Templates that rewrite past assistant turns
   (Qwen3 moves ``<think>`` text into a reasoning slot and re-spaces it; others drop it) would
   otherwise change the very tokens being scored.
-- Assistant content is tokenised on its own, as sampling produced it, followed by the end-of-turn
-  token when the template closes the turn with one (``<|im_end|>``, ``<|eot_id|>``, ...): the policy
-  generated that token too. Role headers, system, user, tool-response and final-step text, and the
+- Assistant content is the ids the policy sampled (``Turn.token_ids``) when the turn has them and they
+  decode to its text with this tokenizer: under a grammar a sampler often emits a non-canonical split
+  (``"`` then ``,`` where the tokenizer has ``",``), and the losses must score what was sampled. Otherwise
+  the content is tokenised on its own. Either way the end-of-turn token follows when the template
+  closes the turn with one (``<|im_end|>``, ``<|eot_id|>``, ...): the policy generated that token too. Role headers, system, user, tool-response and final-step text, and the
   template's newline after the end-of-turn token, are context (mask 0).
 - One sequence per trajectory needs the template to be prefix-consistent (context k+1 extends
   context k plus turn k). Templates that are not (e.g. Qwen3 with ``enable_thinking=False``, whose
@@ -213,6 +215,7 @@ class ChatEncoder:
         mask: list[int] = []
         spans: list[tuple[int, int]] = []
         chunks: list[tuple[int, dict[str, Any]]] = []  # (start, processor extras) per image-bearing piece
+        sampled = iter([turns[i].token_ids for i in assistant_at])
         forced = iter([turns[i].forced for i in assistant_at])
         forced_end = iter([turns[i].forced_end for i in assistant_at])
         end_forced = False
@@ -225,7 +228,7 @@ class ChatEncoder:
                 spans[-1] = (spans[-1][0], len(ids))
                 continue
             if kind == "assistant":
-                new, free = self._assistant_tokens(text, next(forced))
+                new, free = self._assistant_tokens(text, next(forced), next(sampled))
                 end_forced = self.skip_forced and next(forced_end)
                 spans.append((len(ids), len(ids) + len(new)))
                 ids.extend(new)
@@ -248,22 +251,50 @@ class ChatEncoder:
                                  f"(processor image token {image_token!r})")
         return TokenView(ids, mask, spans, list(assistant_at), _merge_extras(chunks, len(ids)), n_forced)
 
-    def _assistant_tokens(self, text: str, forced: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-        """A turn's token ids and their mask: 1, or 0 for a token inside the forced spans when skipping them."""
-        if not (self.skip_forced and forced):
-            new = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return new, [1] * len(new)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    def _assistant_tokens(self, text: str, forced: list[tuple[int, int]],
+                          sampled: list[int]) -> tuple[list[int], list[int]]:
+        """A turn's token ids and their mask: 1, or 0 for a token inside the forced spans when skipping them.
+        The ids are the sampled ones when the turn has them and they decode to its text with this tokenizer;
+        else the text's tokenisation."""
+        if sampled and _raw_decode(self.tokenizer, sampled) == text:
+            ids = list(sampled)
+            if not (self.skip_forced and forced):
+                return ids, [1] * len(ids)
+            offsets = _decoded_offsets(self.tokenizer, ids)
+        elif not (self.skip_forced and forced):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return ids, [1] * len(ids)
+        else:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
         is_forced = [False] * len(text)
         for start, end in forced:
             is_forced[start:end] = [True] * (end - start)
-        free = [0 if end > start and all(is_forced[start:end]) else 1 for start, end in enc["offset_mapping"]]
-        return enc["input_ids"], free
+        return ids, [0 if end > start and all(is_forced[start:end]) else 1 for start, end in offsets]
 
     def _images(self, turns: list[Turn]) -> list[Any]:
         if not self.accepts_images:
             return []
         return to_hf_messages(turns, accepts_images=True, max_side=self.max_image_side)[1]
+
+
+def _raw_decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _decoded_offsets(tokenizer: Any, ids: list[int]) -> list[tuple[int, int]]:
+    """Character span of each token in ``decode(ids)``, from the lengths of the decoded prefixes. A token
+    that ends inside a multi-byte character decodes to a replacement character, so the character goes to
+    the token that completes it; a token left with an empty span counts as not forced."""
+    out, before = [], 0
+    for i in range(len(ids)):
+        text = _raw_decode(tokenizer, ids[: i + 1])
+        if text.endswith("\ufffd"):
+            out.append((before, before))
+            continue
+        out.append((before, len(text)))
+        before = len(text)
+    return out
 
 
 def _find_end_of_turn(tokenizer: Any) -> str | None:

@@ -53,13 +53,16 @@ class Constraint(BaseModel):
 class Reply(BaseModel):
     """One assistant message with what the decoder knows about it. ``forced``: ``[start, end)`` character
     spans of ``text`` that the constraint forced (no choice was left there); empty when unknown.
-    ``forced_end``: the end-of-turn token the decoder stopped on was the only token the constraint allowed."""
+    ``forced_end``: the end-of-turn token the decoder stopped on was the only token the constraint allowed.
+    ``token_ids``: the ids the decoder sampled for ``text`` (end token excluded), when it knows them and
+    they decode to ``text``; a learner scores these rather than a re-tokenisation, which can differ."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: str
     forced: list[tuple[int, int]] = []
     forced_end: bool = False
+    token_ids: list[int] = []
 
 
 class PolicyError(RuntimeError):
