@@ -19,11 +19,11 @@ Resume: the newest complete checkpoint is loaded, every record of a later step i
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
 request, sample), so a redone step samples what the lost one would have.
 
-Several processes (``accelerate launch ... genevolve evolve``, given as ``accelerator``): the main
-process samples, selects, extracts, keeps the memory and writes every file; each step it sends the
-rows (trajectory, advantage, teacher system prompt) to all processes, which build their token views
-and train data-parallel (``Learner`` splits the rows and sums the gradients), so every replica holds
-the same weights after each update. Learner metrics are summed over processes.
+Several processes (``accelerate launch`` or ``torchrun`` ... ``genevolve evolve``, given as
+``accelerator``): the main process samples, selects, extracts, keeps the memory and writes every file;
+each step it sends the rows (trajectory, advantage, teacher system prompt) to all processes, which build
+their token views and train data-parallel (``Learner`` splits the rows and sums the gradients), so every
+replica holds the same weights after each update. Learner metrics are summed over processes.
 """
 
 from __future__ import annotations

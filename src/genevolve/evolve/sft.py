@@ -13,11 +13,12 @@ complete checkpoint and continues exactly as the uninterrupted run would have: t
 function of (seed, epoch), the RNG states are restored, and metrics lines written after that
 checkpoint are dropped so no step appears twice.
 
-Several processes (``accelerate launch ... genevolve sft``, given as ``accelerator``): each optimizer
-step's micro-batches are dealt out round-robin, each process backpropagates its micro-batches' shares of
-the step-wide token mean, and the gradients are summed (``genevolve.evolve.parallel``), so the update is
-the one-process update; ``grad_accum`` a multiple of the process count keeps every process busy. The
-main process writes the run folder; every process resumes from the same checkpoint.
+Several processes (``accelerate launch`` or ``torchrun`` ... ``genevolve sft``, given as
+``accelerator``): each optimizer step's micro-batches are dealt out round-robin, each process
+backpropagates its micro-batches' shares of the step-wide token mean, and the gradients are summed
+(``genevolve.evolve.parallel``), so the update is the one-process update; ``grad_accum`` a multiple of
+the process count keeps every process busy. The main process writes the run folder; every process resumes
+from the same checkpoint.
 """
 
 from __future__ import annotations
