@@ -244,7 +244,7 @@ def sft(
     """Supervised cold start on GenEvolve-Data SFT rows: loss on assistant tokens only, LoRA or full.
 
     Writes OUT/metrics.jsonl, OUT/checkpoints/ and OUT/final/ (adapter or model + tokenizer). Under
-    `accelerate launch` with several processes they train data-parallel and the main one writes."""
+    `accelerate launch` or `torchrun` with several processes they train data-parallel and the main one writes."""
     from genevolve.evolve.parallel import launched_processes
     from genevolve.evolve.sft import run_sft
     from genevolve.evolve.train_config import load_sft_config
@@ -276,8 +276,8 @@ def evolve(
     Each step samples K rollouts per request, renders and judges them, contrasts the best and worst into
     experience bundles, re-scores the student's tokens under the teacher's decision guide and updates the
     policy. Writes OUT/metrics.jsonl, trajectories.jsonl, experience.jsonl, images/ and checkpoints/;
-    rerunning the same command resumes from the newest checkpoint. Under `accelerate launch` with several
-    processes the main one samples and writes, and all of them train data-parallel."""
+    rerunning the same command resumes from the newest checkpoint. Under `accelerate launch` or `torchrun`
+    with several processes the main one samples and writes, and all of them train data-parallel."""
     from genevolve.evolve.loop import EvolveRun
     from genevolve.evolve.parallel import launched_processes
     from genevolve.evolve.rl_config import load_evolve_config

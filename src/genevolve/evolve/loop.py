@@ -13,8 +13,8 @@ One step, in ``EvolveRun.step``::
 Run folder (DESIGN.md "Runs on disk"): config.yaml, trajectories.jsonl (one Rollout a line),
 images/step_NNNNNN/, experience.jsonl, metrics.jsonl, eval.jsonl and eval_trajectories.jsonl (with
 ``evolve.eval.every``: a fixed request set scored with fixed seeds before training and every N steps; its
-rollouts carry the step they followed, -1 before training, and are not rendered to files), tensorboard/, checkpoints/step_NNNNNN/
-(learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
+rollouts carry the step they followed, -1 before training, and are not rendered to files),
+tensorboard/, checkpoints/step_NNNNNN/ (learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
 Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
 request, sample), so a redone step samples what the lost one would have.
@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from genevolve.evolve.groups import Task
+from genevolve.evolve.parallel import process_model_spec
 from genevolve.evolve.rl_config import EvolveFile
 from genevolve.evolve.rollout import Rollout
 from genevolve.types import write_text_atomic
@@ -126,10 +127,7 @@ class EvolveRun:
         if self.ev.alpha > 0 and self.ev.program_judge is None:
             raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
                              "(or alpha: 0 for an image-only reward)")
-        spec = cfg.model_spec()
-        if accelerator is not None and spec.device != "cpu":
-            spec = spec.model_copy(update={"device": str(accelerator.device)})  # one GPU per process
-        self.tm = load_model(spec)
+        self.tm = load_model(process_model_spec(cfg.model_spec(), accelerator))
         self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced)
         self.learner = Learner(self.tm, self.ev, accelerator=accelerator)
         self._writer: Any = None

@@ -54,6 +54,13 @@ def launched_processes(timeout_s: float = 7200.0) -> Iterator[Any]:
             accelerator.end_training()
 
 
+def process_model_spec(spec: Any, accelerator: Any) -> Any:
+    """``spec`` on this process's own accelerator device (one GPU a process); CPU specs are left as they are."""
+    if accelerator is None or spec.device == "cpu":
+        return spec
+    return spec.model_copy(update={"device": str(accelerator.device)})
+
+
 def world_of(accelerator: Any) -> tuple[int, int]:
     """(this process's index, number of processes)."""
     if accelerator is None:

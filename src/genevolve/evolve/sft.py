@@ -37,7 +37,13 @@ from typing import Any
 
 import yaml
 
-from genevolve.evolve.parallel import sum_gradients, sum_values, wait_for_everyone, world_of
+from genevolve.evolve.parallel import (
+    process_model_spec,
+    sum_gradients,
+    sum_values,
+    wait_for_everyone,
+    world_of,
+)
 from genevolve.evolve.sft_data import SFTExample, load_examples, micro_batches, split
 from genevolve.evolve.tokens import ChatEncoder, TokenView, collate, token_logps
 from genevolve.evolve.train_config import SFTFile
@@ -87,10 +93,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
     if main:
         _prepare_folder(out, cfg, fresh)
     wait_for_everyone(accelerator)
-    spec = cfg.model
-    if accelerator is not None and spec.device != "cpu":
-        spec = spec.model_copy(update={"device": str(accelerator.device)})  # one GPU per process
-    tm = load_model(spec)
+    tm = load_model(process_model_spec(cfg.model, accelerator))
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
     examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed,
                                       system=cfg.system_prompt(config_dir))

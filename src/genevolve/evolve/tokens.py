@@ -13,8 +13,9 @@ the view is built from what the policy saw and wrote, not from a re-rendering of
   decode to its text with this tokenizer: under a grammar a sampler often emits a non-canonical split
   (``"`` then ``,`` where the tokenizer has ``",``), and the losses must score what was sampled. Otherwise
   the content is tokenised on its own. Either way the end-of-turn token follows when the template
-  closes the turn with one (``<|im_end|>``, ``<|eot_id|>``, ...): the policy generated that token too. Role headers, system, user, tool-response and final-step text, and the
-  template's newline after the end-of-turn token, are context (mask 0).
+  closes the turn with one (``<|im_end|>``, ``<|eot_id|>``, ...): the policy generated that token too.
+  Role headers, system, user, tool-response and final-step text, and the template's newline after the
+  end-of-turn token, are context (mask 0).
 - One sequence per trajectory needs the template to be prefix-consistent (context k+1 extends
   context k plus turn k). Templates that are not (e.g. Qwen3 with ``enable_thinking=False``, whose
   generation prompt holds an empty think block that history turns lack) raise ``TokenViewError``.
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genevolve.policy.hf import decode_exact
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
 from genevolve.types import Trajectory, Turn
 
@@ -256,17 +258,16 @@ class ChatEncoder:
         """A turn's token ids and their mask: 1, or 0 for a token inside the forced spans when skipping them.
         The ids are the sampled ones when the turn has them and they decode to its text with this tokenizer;
         else the text's tokenisation."""
-        if sampled and _raw_decode(self.tokenizer, sampled) == text:
+        use_sampled = bool(sampled) and decode_exact(self.tokenizer, sampled) == text
+        skipping = self.skip_forced and bool(forced)
+        if use_sampled:
             ids = list(sampled)
-            if not (self.skip_forced and forced):
-                return ids, [1] * len(ids)
-            offsets = _decoded_offsets(self.tokenizer, ids)
-        elif not (self.skip_forced and forced):
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return ids, [1] * len(ids)
+            offsets = _decoded_offsets(self.tokenizer, ids) if skipping else None
         else:
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=skipping)
+            ids, offsets = enc["input_ids"], enc.get("offset_mapping")
+        if not skipping:
+            return ids, [1] * len(ids)
         is_forced = [False] * len(text)
         for start, end in forced:
             is_forced[start:end] = [True] * (end - start)
@@ -278,17 +279,13 @@ class ChatEncoder:
         return to_hf_messages(turns, accepts_images=True, max_side=self.max_image_side)[1]
 
 
-def _raw_decode(tokenizer: Any, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
 def _decoded_offsets(tokenizer: Any, ids: list[int]) -> list[tuple[int, int]]:
     """Character span of each token in ``decode(ids)``, from the lengths of the decoded prefixes. A token
     that ends inside a multi-byte character decodes to a replacement character, so the character goes to
     the token that completes it; a token left with an empty span counts as not forced."""
     out, before = [], 0
     for i in range(len(ids)):
-        text = _raw_decode(tokenizer, ids[: i + 1])
+        text = decode_exact(tokenizer, ids[: i + 1])
         if text.endswith("\ufffd"):
             out.append((before, before))
             continue

@@ -363,7 +363,7 @@ class HFPolicy(Policy):
         stopped = bool(new_ids) and new_ids[-1] in self._end_ids()
         content_ids = new_ids[:-1] if stopped else new_ids
         special = set(self.tokenizer.all_special_ids)
-        if any(i in special for i in content_ids) or _raw_decode(self.tokenizer, content_ids) != text:
+        if any(i in special for i in content_ids) or decode_exact(self.tokenizer, content_ids) != text:
             content_ids = []  # the ids do not reproduce the text one to one
         return Reply(text=text, forced=self._forced(new_ids, text, getattr(proc, "forced_bytes", None)),
                      forced_end=stopped and bool(single) and len(single) == len(new_ids) and single[-1],
@@ -404,6 +404,6 @@ class HFPolicy(Policy):
         self.model = None
 
 
-def _raw_decode(tokenizer: Any, ids: list[int]) -> str:
+def decode_exact(tokenizer: Any, ids: list[int]) -> str:
     """``ids`` as text exactly: no special tokens dropped, no spaces cleaned up."""
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
