@@ -169,15 +169,50 @@ def test_lora_trains_only_the_adapter(tmp_path, base_dir, data):
     assert isinstance(policy.chat(_prompt(), sampling=Sampling(temperature=0.0, max_tokens=4)), str)
 
 
-def test_accumulation_equals_one_big_batch(tmp_path, tok_dir, data):
+class _GradientCapture:
+    """An optimizer stand-in that keeps the gradient it is asked to apply (and applies nothing)."""
+
+    def __init__(self, params):
+        self.params, self.grads = params, None
+
+    def step(self):
+        self.grads = [p.grad.detach().clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+def test_accumulated_gradient_equals_the_big_batch_gradient(tok_dir):
+    """What accumulation means: four micro-batches of one row give the gradient of the token mean over
+    all four rows, which is the one-batch gradient of -sum(logp over assistant tokens) / n_tokens.
+    (Comparing weights after an AdamW step cannot show this: Adam's first step is about ±lr per entry,
+    so float noise on a near-zero gradient entry flips it by 2·lr.)"""
+    from genevolve.evolve import sft as sft_module
+    from genevolve.evolve.tokens import collate, token_logps
+
+    tm = load_model(ModelSpec(path=str(tok_dir), from_config=TINY))
+    encoder = ChatEncoder(tm.tokenizer)
+    views = [encoder.view_sft_row(row(s)) for s in ("red fox", "a much longer white cat name", "sun", "blue car")]
+    params = tm.trainable_parameters()
+    accumulated = _GradientCapture(params)
+    sft_module._train_step(tm, [[v] for v in views], None, accumulated, params)
+    batch = collate(views, tm.pad_id)  # the reference: the loss's definition, on one padded batch
+    logp_B_T = token_logps(tm.model, batch)
+    (-(logp_B_T * batch.mask_B_T).sum() / batch.mask_B_T.sum()).backward()
+    scale = max(float(p.grad.abs().max()) for p in params)
+    for got, p in zip(accumulated.grads, params, strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_accumulation_runs_the_same_rows_as_one_big_batch(tmp_path, tok_dir, data):
     model = {"path": str(tok_dir), "from_config": TINY}
     common = {"max_steps": 1, "eval_frac": 0.0, "max_grad_norm": None, "warmup_frac": 0.0}
     run_sft(config(tmp_path / "a", data, model, batch_size=1, grad_accum=4, **common), progress=False)
     run_sft(config(tmp_path / "b", data, model, batch_size=4, grad_accum=1, **common), progress=False)
-    a = trainable(load_model(ModelSpec(path=str(tmp_path / "a" / "final"))))
-    b = trainable(load_model(ModelSpec(path=str(tmp_path / "b" / "final"))))
-    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)  # Adam's first step is ±lr: rounding shows
-    assert metric_lines(tmp_path / "a")[0]["loss"] == pytest.approx(metric_lines(tmp_path / "b")[0]["loss"], rel=1e-5)
+    a, b = metric_lines(tmp_path / "a")[0], metric_lines(tmp_path / "b")[0]
+    assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
 
 
 def test_schedule_and_batches():
