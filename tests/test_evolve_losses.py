@@ -245,23 +245,114 @@ def test_ved_gradients_flow_only_through_the_student():
 
 
 def test_ved_rho_gradient_and_empty_rows():
-    # With rho below rho_max, d/ds of e^(s-old)·k3(s - t) includes the rho term: check one token by hand.
+    # Inside the clamp and below rho's cap: d/ds of e^(s-old)·k3(s - t) = rho·k3 + rho·k3' = rho·(s - t).
     s, t, o = -1.0, -2.0, -1.3
     student = T([[s]]).requires_grad_()
     ved_loss(student, T([[t]]), T([[o]]), torch.ones(1, 1), top_frac=1.0).backward()
-    ell = s - t
-    rho = math.exp(s - o)
-    k3 = math.exp(-ell) - 1 + ell
-    assert student.grad.item() == pytest.approx(rho * k3 + rho * (1 - math.exp(-ell)))
-    # rho capped at rho_max: no gradient through rho any more.
+    assert student.grad.item() == pytest.approx(math.exp(s - o) * (s - t))
+    # rho at its cap: the pull is rho_max·(s - t), not the product's rho_max·(1 - e^-(s-t)).
     student = T([[s]]).requires_grad_()
     ved_loss(student, T([[t]]), T([[s - 5.0]]), torch.ones(1, 1), top_frac=1.0, rho_max=2.0).backward()
-    assert student.grad.item() == pytest.approx(2.0 * (1 - math.exp(-ell)))
+    assert student.grad.item() == pytest.approx(2.0 * (s - t))
     # No masked token anywhere: zero, still differentiable.
     student = T([[s, s]]).requires_grad_()
     loss = ved_loss(student, T([[t, t]]), T([[o, o]]), torch.zeros(1, 2))
     loss.backward()
     assert loss.item() == 0.0 and student.grad.abs().sum() == 0
+
+
+def test_ved_far_beyond_the_clamp_pulls_towards_the_teacher():
+    """The issue's case: the teacher 12 nats above the student, rho = e^0.3. A literal autograd of
+    rho·k3 with the clamp active gives +rho·k3(-10) ≈ +29,700 per kept token before the 1/n mean, away
+    from the teacher."""
+    student = T([[-14.0]]).requires_grad_()
+    ved_loss(student, T([[-2.0]]), T([[-14.3]]), torch.ones(1, 1), top_frac=1.0).backward()
+    assert student.grad.item() == pytest.approx(math.exp(0.3) * -10.0)
+
+
+far_logps = st.floats(-40.0, 0.0, allow_nan=False, width=32)  # |s - t| up to 40, far beyond the clamp
+
+
+@st.composite
+def distill_batches(draw):
+    """(s, t, old, mask): old within ±3 nats of s, so rho = e^(s - old) ranges from e^-3 to past its cap."""
+    b, t = draw(st.integers(1, 3)), draw(st.integers(1, 10))
+    s = [[draw(far_logps) for _ in range(t)] for _ in range(b)]
+    teacher = [[draw(far_logps) for _ in range(t)] for _ in range(b)]
+    old = [[x - draw(st.floats(-3.0, 3.0)) for x in row] for row in s]
+    mask = [[draw(st.booleans()) for _ in range(t)] for _ in range(b)]
+    return T(s), T(teacher), T(old), torch.tensor(mask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(distill_batches(), st.sampled_from([0.1, 0.5, 1.0]), st.floats(1.0, 3.0), st.sampled_from([10.0, 2.0, 0.5]))
+def test_ved_gradient_pulls_towards_the_teacher_and_is_bounded(batch, top_frac, rho_max, clamp):
+    """Expected per-token gradient, from d/ds of rho·k3(s - t) = rho·(s - t): on each kept token
+    rho·clamp(s - t)/n with rho = min(e^(s - old), rho_max); zero elsewhere."""
+    s, t, old, mask = batch
+    student = s.clone().requires_grad_()
+    ved_loss(student, t, old, mask, top_frac=top_frac, rho_max=rho_max, clamp=clamp).backward()
+    kept = ved_selection(s, t, mask, top_frac)
+    n = max(int(kept.sum()), 1)
+    grad = student.grad
+    assert (grad[~kept] == 0).all()
+    gap = s - t
+    rho = torch.exp(s - old).clamp(max=rho_max)
+    for g, d, r in zip(grad[kept].tolist(), gap[kept].tolist(), rho[kept].tolist(), strict=True):
+        assert math.copysign(1, g) == math.copysign(1, d) or g == d == 0  # descent moves s towards t
+        assert abs(g) <= rho_max * clamp / n * (1 + 1e-9)
+        assert g == pytest.approx(r * min(max(d, -clamp), clamp) / n, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(distill_batches(), st.floats(0.01, 5.0))
+def test_ved_token_cap_only_ever_removes_a_pull(batch, token_cap):
+    s, t, old, mask = batch
+    capped, free = s.clone().requires_grad_(), s.clone().requires_grad_()
+    ved_loss(capped, t, old, mask, top_frac=1.0, token_cap=token_cap).backward()
+    ved_loss(free, t, old, mask, top_frac=1.0).backward()
+    same = capped.grad == free.grad
+    assert (same | (capped.grad == 0)).all()  # each token keeps its pull or loses it, never flips
+
+
+@settings(max_examples=300, deadline=None)
+@given(distill_batches(), st.floats(0.01, 3.0), st.sampled_from([10.0, 2.0]))
+def test_distill_advantage_gradient_pulls_towards_the_teacher_and_is_bounded(batch, coef, clamp):
+    """The advantage form through grpo_loss, outcome advantage 0: per token the surrogate's gradient is
+    -u·d/B with d = coef·clamp(t - old) and u = e^(s - old), or 0 where the clip is active. Its sign is
+    that of old - t (the student that sampled the token) and its size at most u·coef·clamp/B."""
+    s, t, old, mask = batch
+    b = s.shape[0]
+    student = s.clone().requires_grad_()
+    adv = torch.zeros(b)[:, None] + distill_advantages(old, t, mask, coef=coef, clamp=clamp)
+    grpo_loss(student, old, adv, mask).backward()
+    grad, u = student.grad, torch.exp(s - old)
+    assert (grad[~mask.bool()] == 0).all()
+    for g, d, r in zip(grad[mask.bool()].tolist(), (old - t)[mask.bool()].tolist(), u[mask.bool()].tolist(),
+                       strict=True):
+        assert g == 0 or math.copysign(1, g) == math.copysign(1, d)
+        assert abs(g) <= r * coef * clamp / b * (1 + 1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(distill_batches(), st.floats(0.01, 1.0), st.data())
+def test_gated_distillation_never_flips_the_outcome_gradient(batch, coef, data):
+    """The gated form adds at most coef per token and only in the direction of the outcome advantage A,
+    so every token's gradient keeps the sign it has under A alone (or is clipped to 0) and moves by at
+    most u·coef/B."""
+    s, t, old, mask = batch
+    b = s.shape[0]
+    outcome = T([data.draw(st.sampled_from([-1.5, -0.2, 0.0, 0.7, 2.0])) for _ in range(b)])
+    gated, plain = s.clone().requires_grad_(), s.clone().requires_grad_()
+    adv = outcome[:, None] + gated_distill_advantages(old, t, outcome, mask, coef=coef)
+    grpo_loss(gated, old, adv, mask).backward()
+    grpo_loss(plain, old, outcome, mask).backward()
+    u = torch.exp(s - old)
+    for g, p, r in zip(gated.grad.flatten().tolist(), plain.grad.flatten().tolist(), u.flatten().tolist(),
+                       strict=True):
+        assert (g == 0) == (p == 0)  # a clipped or zero-advantage token stays so
+        assert g == 0 or math.copysign(1, g) == math.copysign(1, p)
+        assert abs(g - p) <= r * coef / b * (1 + 1e-9)
 
 
 def test_ved_is_zero_when_teacher_agrees():

@@ -253,7 +253,8 @@ class Learner:
         adv_B = torch.tensor([rows[i].advantage for i in idx], dtype=torch.float32, device=logp_B_T.device)
         adv: Any = adv_B
         if ved.form == "advantage":
-            adv = adv_B[:, None] + losses.distill_advantages(old_B_T, teacher_B_T, ved_mask_B_T, coef=ved.coef)
+            adv = adv_B[:, None] + losses.distill_advantages(old_B_T, teacher_B_T, ved_mask_B_T, coef=ved.coef,
+                                                             clamp=ved.clamp)
         elif ved.form == "gated":
             adv = adv_B[:, None] + losses.gated_distill_advantages(old_B_T, teacher_B_T, adv_B, ved_mask_B_T,
                                                                    coef=ved.coef)

@@ -15,6 +15,9 @@ Departures from the paper, one line each:
 - ``ved_loss`` computes ``ceil(top_frac · n)`` with a 1e-9 tolerance, so 0.1 × 30 keeps 3 tokens,
   not the 4 that binary floating point would give.
 - ``token_cap`` (``c_tok``) defaults to no cap: the paper names the cap but not its value.
+- ``ved_loss``'s gradient is ρ·clamp(s − t) in every regime, where a literal autograd of ρ·k3 would
+  push the wrong way outside the clamp and explode at ρ's cap (its docstring has the derivation).
+- ``distill_advantages`` clamps the teacher − student gap (the paper's advantage form is not published).
 - An empty selection (no row has a masked token) gives a zero loss that still depends on the
   student, so ``backward`` works on every step.
 """
@@ -183,41 +186,59 @@ def ved_loss(
     """Visual Experience Distillation, the paper's form (METHOD.md §4): a reverse-KL pull of the
     student towards the teacher on the tokens where they disagree most.
 
-    Per token: ℓ = clamp(student − teacher, −clamp, clamp); k3 = exp(−ℓ) − 1 + ℓ (≥ 0, zero where the
-    two agree); ρ = min(exp(student − old), rho_max), the importance weight of the sampled token.
-    Per row, only the ``ved_selection`` tokens are kept; the loss is the mean over all kept tokens of
-    ρ·k3, each term capped at ``token_cap`` when given. Rows whose mask is all zero (no bundle passed
-    the gate) contribute nothing.
+    Value per token: ℓ = clamp(s − t, −clamp, clamp) with s, t the student's and teacher's log-probs;
+    k3 = exp(−ℓ) − 1 + ℓ (≥ 0, zero where the two agree); ρ = min(exp(s − old), rho_max), the
+    importance weight of the sampled token; the term is ρ·k3, capped at ``token_cap`` when given.
+    Per row only the ``ved_selection`` tokens are kept; the loss is the mean over all n kept tokens.
+    Rows whose mask is all zero (no bundle passed the gate) contribute nothing.
 
-    Shapes: all ``[B, T]``. Gradients flow through ``student_logp`` (in ρ and in k3); the teacher and
-    the old policy are constants.
+    Gradient per kept token: ∂L/∂s = ρ·ℓ / n (0 where ``token_cap`` cuts the term). It has the sign
+    of s − t, so a descent step always moves the student towards the teacher, and its size is at most
+    rho_max·clamp / n. Inside the clamp and below ρ's cap this is exactly what autograd gives for
+    ρ·k3 with ρ carrying gradient (ρ'·k3 + ρ·k3' = ρ·ℓ). Departure from a literal autograd of that
+    product: outside the clamp k3's path is cut but ρ's is not, which gives ρ·k3(±clamp), the wrong
+    sign for s < t and up to e^clamp in size; at ρ's cap the product gives ρ·(1 − e^−ℓ), up to
+    rho_max·e^clamp. Both are artefacts of the clamps, not a pull the method asks for, so the
+    gradient is set to ρ·ℓ in every regime (a straight-through surrogate; the value is unchanged).
+
+    Shapes: all ``[B, T]``. Gradients flow through ``student_logp`` only; the teacher and the old
+    policy are constants.
     """
     import torch
 
     teacher_logp, old_logp = teacher_logp.detach(), old_logp.detach()
     chosen_B_T = ved_selection(student_logp, teacher_logp, mask, top_frac)
-    ell_B_T = (student_logp - teacher_logp).clamp(-clamp, clamp)
-    k3_B_T = torch.exp(-ell_B_T) - 1.0 + ell_B_T
-    rho_B_T = torch.exp(student_logp - old_logp).clamp(max=rho_max)
-    term_B_T = rho_B_T * k3_B_T
-    if token_cap is not None:
-        term_B_T = term_B_T.clamp(max=token_cap)
     n = chosen_B_T.sum()
     if int(n) == 0:
         return (student_logp * 0.0).sum()
+    s_B_T = student_logp.detach()
+    ell_B_T = (s_B_T - teacher_logp).clamp(-clamp, clamp)
+    rho_B_T = torch.exp(s_B_T - old_logp).clamp(max=rho_max)
+    value_B_T = rho_B_T * (torch.exp(-ell_B_T) - 1.0 + ell_B_T)
+    pull_B_T = rho_B_T * ell_B_T  # the per-token gradient (before the 1/n mean)
+    if token_cap is not None:
+        cut_B_T = value_B_T > token_cap
+        value_B_T = value_B_T.clamp(max=token_cap)
+        pull_B_T = pull_B_T.masked_fill(cut_B_T, 0.0)
+    term_B_T = value_B_T + pull_B_T * (student_logp - s_B_T)  # value: ρ·k3; gradient: ρ·ℓ
     return term_B_T.masked_fill(~chosen_B_T, 0.0).sum() / n
 
 
 def distill_advantages(
-    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, *, coef: float = 1.0
+    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, *, coef: float = 1.0, clamp: float = 10.0
 ) -> Tensor:
-    """Self-distillation as a per-token advantage: coef · (teacher − student), detached, 0 off the mask.
+    """Self-distillation as a per-token advantage: coef · clamp(teacher − student, ±clamp), detached,
+    0 off the mask.
 
     Add it to the GRPO advantage, ``grpo_loss(logp, old, A[:, None] + distill_advantages(...), mask)``:
     a sampled token the teacher finds likelier than the student does gets pushed up, one it finds
-    less likely gets pushed down. ``[B, T]`` in, ``[B, T]`` out; never carries gradient.
+    less likely gets pushed down. Through ``grpo_loss`` (outcome advantage 0, ratio u unclipped) a
+    token's gradient is u · coef · clamp(student − teacher) / B: the sign of s − t, at most
+    u · coef · clamp / B in size. The clamp (ours) bounds it as ``ved_loss``'s clamp bounds the KL
+    form: a sampled token with a tiny unconstrained log-prob (common under a grammar) would otherwise
+    push without limit. ``[B, T]`` in, ``[B, T]`` out; never carries gradient.
     """
-    gap_B_T = (teacher_logp - student_logp).detach()
+    gap_B_T = (teacher_logp - student_logp).detach().clamp(-clamp, clamp)
     return coef * gap_B_T * _float_mask(mask, gap_B_T)
 
 

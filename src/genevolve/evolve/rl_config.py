@@ -39,7 +39,7 @@ class VEDConfig(_Section):
     lam: float = Field(2.0, ge=0, description="lambda_VED, the weight of L_VED (form kl)")
     top_frac: float = Field(0.1, gt=0, le=1, description="tokens kept per row by |teacher - student|")
     rho_max: float = Field(2.0, gt=0, description="cap of the importance weight rho")
-    clamp: float = Field(10.0, gt=0, description="clamp of l = student - teacher")
+    clamp: float = Field(10.0, gt=0, description="clamp of the student - teacher gap (forms kl and advantage)")
     token_cap: float | None = Field(None, gt=0, description="cap of each token's rho * k3 (c_tok; unset in the paper)")
     coef: float = Field(1.0, ge=0, description="scale of the per-token advantage (forms advantage and gated)")
 
