@@ -66,6 +66,8 @@ QUICK = {"seeds": [0], "sft_epochs": 1.0, "sft_max_steps": 12, "steps": 2, "requ
 class Ablation:
     def __init__(self, args: argparse.Namespace, sizes: dict[str, Any]) -> None:
         self.args, self.sizes = args, sizes
+        self.arms = args.arms
+        self.rl_arms = [a for a in RL_FORMS if a in self.arms]
         self.out = Path(args.out).resolve()
         self.world = Path(args.world).resolve()
         self.base = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -201,13 +203,15 @@ class Ablation:
             tasks[f"sft/{s}/train"] = ([], lambda s=s: self.sft(s))
         for s in self.sizes["seeds"]:
             sft = f"sft/{s}/train"
-            tasks[f"untuned/{s}"] = ([], lambda s=s: self.bench("untuned", s, self.untuned_model(s)))
-            tasks[f"sft/{s}"] = ([sft], lambda s=s: self.bench("sft", s, self.sft(s)))
-            for arm in RL_FORMS:
+            if "untuned" in self.arms:
+                tasks[f"untuned/{s}"] = ([], lambda s=s: self.bench("untuned", s, self.untuned_model(s)))
+            if "sft" in self.arms:
+                tasks[f"sft/{s}"] = ([sft], lambda s=s: self.bench("sft", s, self.sft(s)))
+            for arm in self.rl_arms:
                 tasks[f"{arm}/{s}"] = ([sft], lambda s=s, arm=arm: self.bench(arm, s, self.evolve(arm, s, self.sft(s))))
             tasks[f"{CONTROL}/{s}"] = ([sft], lambda s=s: self.evolve(CONTROL, s, self.sft(s)))
         done = run_tasks(tasks, self.args.jobs)
-        return {arm: {s: done[f"{arm}/{s}"] for s in self.sizes["seeds"]} for arm in ARMS}
+        return {arm: {s: done[f"{arm}/{s}"] for s in self.sizes["seeds"]} for arm in self.arms}
 
 
 def run_tasks(tasks: dict[str, tuple[list[str], Callable[[], Any]]], jobs: int) -> dict[str, Any]:
@@ -261,30 +265,30 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
         run_seconds,
     )
 
-    seeds = ab.sizes["seeds"]
-    scores = {arm: {s: _scores(results[arm][s]) for s in seeds} for arm in ARMS}
+    seeds, rl_arms = ab.sizes["seeds"], ab.rl_arms
+    scores = {arm: {s: _scores(results[arm][s]) for s in seeds} for arm in ab.arms}
     columns = ["kscore", *DIMS, *(f"{t}.kscore" for t in TRACKS)]
     lines = [f"| arm | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
-    for arm in ARMS:
+    for arm in ab.arms:
         lines.append(f"| {arm} | " + " | ".join(_cell([scores[arm][s][c] for s in seeds]) for c in columns) + " |")
 
-    curves = {arm: {s: reward_curve(ab.out / f"seed{s}" / arm) for s in seeds} for arm in (*RL_FORMS, CONTROL)}
+    curves = {arm: {s: reward_curve(ab.out / f"seed{s}" / arm) for s in seeds} for arm in (*rl_arms, CONTROL)}
     paired = {arm: [paired_difference(ab.out / f"seed{s}" / arm, ab.out / f"seed{s}" / CONTROL) for s in seeds]
-              for arm in RL_FORMS}
+              for arm in rl_arms}
     vs_control = {arm: {"mean": mean_std([p.mean for p in ps]), "above": sum(p.wins for p in ps),
                         "below": sum(p.losses for p in ps)} for arm, ps in paired.items()}
     window = max(1, ab.sizes["steps"] // 6)
     final = {arm: mean_std([sum(c[1][-window:]) / len(c[1][-window:]) for c in curves[arm].values()])
-             for arm in RL_FORMS}
-    xs = curves["grpo"][seeds[0]][0]
+             for arm in rl_arms}
+    xs = curves[CONTROL][seeds[0]][0]
     mean_curve = {arm: [sum(curves[arm][s][1][i] for s in seeds) / len(seeds) for i in range(len(xs))]
-                  for arm in RL_FORMS}
+                  for arm in rl_arms}
     match = {arm: rollouts_to_reach(xs, mean_curve[arm], final["grpo"][0], window=window)
-             for arm in ("ved_kl", "ved_adv")}
+             for arm in rl_arms if arm != "grpo" and "grpo" in rl_arms}
     _plot(ab.out / "curves.png", xs, curves, window)
 
     wall = {}
-    for arm in ARMS:
+    for arm in ab.arms:
         per_seed = []
         for s in seeds:
             run = ab.out / f"seed{s}" / arm
@@ -292,7 +296,7 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
             per_seed.append((train, ab.timings.get(f"{arm}/{s}/eval", 0.0)))
         wall[arm] = {"train_s": mean_std([t for t, _ in per_seed]), "eval_s": mean_std([e for _, e in per_seed])}
 
-    pushes = _pushes(ab, seeds[0])
+    pushes = _pushes(ab, seeds[0]) if "ved_kl" in rl_arms else []
     data = {"sizes": ab.sizes, "scores": scores, "final_reward": final, "vs_frozen": vs_control,
             "rollouts_to_match_grpo": match,
             "rollouts_per_run": xs[-1], "curves": {a: {s: c for s, c in v.items()} for a, v in curves.items()},
@@ -301,18 +305,19 @@ def report(ab: Ablation, results: dict[str, dict[int, dict[str, Any]]]) -> None:
 
     md = ["## Scores (mean ± std over seeds " + ", ".join(map(str, seeds)) + ")", "", *lines, "",
           f"## RL reward (mean of the last {window} steps, ± std over seeds; {xs[-1]} rollouts per run)", ""]
-    md += [f"- {arm}: {final[arm][0]:.3f} ± {final[arm][1]:.3f}" for arm in RL_FORMS]
+    md += [f"- {arm}: {final[arm][0]:.3f} ± {final[arm][1]:.3f}" for arm in rl_arms]
     md += ["", "## RL reward minus the frozen SFT policy's, step by step (same requests and sampling seeds; "
                "mean over steps, ± std over seeds; steps above / below it over all seeds)", ""]
     md += [f"- {arm}: {v['mean'][0]:+.3f} ± {v['mean'][1]:.3f} ({v['above']} above, {v['below']} below)"
            for arm, v in vs_control.items()]
-    md += ["", f"Rollouts for the seed-mean curve ({window}-step trailing mean) to reach GRPO's final reward "
-               f"{final['grpo'][0]:.3f}:", ""]
-    md += [f"- {arm}: {match[arm] if match[arm] is not None else 'not reached'}" for arm in match]
+    if match:
+        md += ["", f"Rollouts for the seed-mean curve ({window}-step trailing mean) to reach GRPO's final reward "
+                   f"{final['grpo'][0]:.3f}:", ""]
+        md += [f"- {arm}: {match[arm] if match[arm] is not None else 'not reached'}" for arm in match]
     md += ["", "## Time per arm (mean over seeds, seconds): train = the steps' own time from metrics.jsonl "
                "(SFT's is shared by the RL arms; loading left out), eval = the benchmark call's wall time", "",
            "| arm | train | eval |", "|---|---|---|"]
-    md += [f"| {arm} | {wall[arm]['train_s'][0]:.0f} | {wall[arm]['eval_s'][0]:.0f} |" for arm in ARMS]
+    md += [f"| {arm} | {wall[arm]['train_s'][0]:.0f} | {wall[arm]['eval_s'][0]:.0f} |" for arm in ab.arms]
     md += ["", f"## Bundles that most change the teacher's token choices (ved_kl, seed {seeds[0]})", ""]
     for p in pushes:
         md += [f"- bundle `{p['bundle']}` (step {p['step']}, gap {p['gap']:.2f}, mean |Δlogp| {p['mean_abs']:.3f}), "
@@ -332,7 +337,9 @@ def _plot(path: Path, xs: list[int], curves: dict[str, dict[int, tuple[list[int]
     from genevolve.evolve.analysis import mean_std, moving_average
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
-    for color, arm in zip(("C0", "C1", "C2", "grey"), (*RL_FORMS, CONTROL), strict=True):
+    arms = [a for a in (*RL_FORMS, CONTROL) if a in curves]
+    for color, arm in zip(("C0", "C1", "C2", "grey"), arms, strict=False):
+        color = "grey" if arm == CONTROL else color
         smoothed = [moving_average(c[1], window) for c in curves[arm].values()]
         stats = [mean_std([s[i] for s in smoothed]) for i in range(len(xs))]
         mean = [m for m, _ in stats]
@@ -403,11 +410,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, short stages: a ~10-minute smoke run")
     ap.add_argument("--jobs", type=int, default=2, help="stages run at once (default 2: one per core)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each stage (OMP_NUM_THREADS)")
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="comma-separated seeds (default: 3 full, 1 quick)")
+    ap.add_argument("--arms", type=lambda v: v.split(","), default=list(ARMS),
+                    help=f"comma-separated arms of {','.join(ARMS)} (the frozen control always runs)")
     args = ap.parse_args()
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        ap.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     if not (Path(args.world) / "manifest.json").is_file():
         print(f"building the world into {args.world} (about 90 s)", flush=True)
         subprocess.run(["genevolve", "world", "build", "--seed", "0", "--sft", "4000", "--out", args.world], check=True)
-    ab = Ablation(args, QUICK if args.quick else FULL)
+    sizes = QUICK if args.quick else FULL
+    ab = Ablation(args, {**sizes, "seeds": args.seeds or sizes["seeds"]})
     t = time.perf_counter()
     results = ab.run()
     report(ab, results)
