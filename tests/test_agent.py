@@ -7,6 +7,7 @@ from genevolve.agent import Agent, AgentConfig
 from genevolve.policy.base import PolicyError
 from genevolve.policy.scripted import ScriptedPolicy
 from genevolve.protocol import ToolCall, format_turn
+from genevolve.reward import Failure, protocol_failure
 from genevolve.sft_rows import trajectory_from_sft_row, trajectory_to_sft_row
 from genevolve.tools.knowledge import KnowledgeTool
 from genevolve.types import StopReason, Trajectory
@@ -33,13 +34,16 @@ def test_full_rollout(tools):
         call("image_search", query="Phryge mascot"),
         call("query_knowledge", skill_name="text_rendering"),
         call("image_search", query="Paris skyline"),
-        answer("The mascot from the first reference image in front of the skyline of the second reference image, "
+        # unsorted: IMG_004 (the skyline) is listed first, and the ordinals follow the list as written
+        answer("The mascot from the second reference image in front of the skyline of the first reference image, "
                'with the words "PARIS 2024"', "IMG_004", "IMG_001"),
     ])
     traj = Agent(policy, tools).run("A poster of the 2024 Olympic mascot")
     assert traj.stop_reason == StopReason.ANSWER and traj.ok
     assert [r.img_id for r in traj.program.references] == ["IMG_001", "IMG_004"]  # sorted by id
-    assert traj.violations == ["unsorted_references"]
+    assert traj.program.gen_prompt.startswith(  # the ordinals still name the mascot and the skyline
+        "The mascot from the first reference image in front of the skyline of the second reference image")
+    assert traj.violations == ["unsorted_references", "ordinals_remapped"]
     assert [im.img_id for im in traj.retrieved] == ["IMG_001", "IMG_002", "IMG_003", "IMG_004"]
     assert traj.n_policy_calls == 5 and traj.n_tool_calls == 4 and traj.n_format_errors == 0
     assert traj.backends["policy"] == "scripted" and traj.backends["search"] == "fake"
@@ -147,6 +151,28 @@ def test_invalid_answer_is_rejected_then_fixed(tools):
     traj = Agent(policy, tools).run("cat")
     assert traj.ok and "unknown_image_id" in traj.violations
     assert any(t.kind == "answer_rejected" for t in traj.turns)
+
+
+def test_out_of_range_ordinal_is_fed_back_then_fixed(tools):
+    policy = ScriptedPolicy([call("image_search", query="cat"),
+                             answer("the cat of the fifth reference image", "IMG_001", "IMG_002"),
+                             answer("the cat of the second reference image", "IMG_001", "IMG_002")])
+    traj = Agent(policy, tools).run("cat")
+    policy.assert_exhausted()
+    assert traj.ok and traj.program.gen_prompt == "the cat of the second reference image"
+    seen = policy.calls[2][-1]  # what the policy was shown before its second answer
+    assert seen.kind == "answer_rejected" and "ordinal_mismatch" in seen.content
+    assert "ordinal_mismatch" in traj.violations
+
+
+def test_out_of_range_ordinal_in_the_final_step_is_a_recorded_failure(tools):
+    policy = ScriptedPolicy([call("image_search", query="cat"),
+                             answer("the cat of the third reference image", "IMG_001", "IMG_002")])
+    traj = Agent(policy, tools, AgentConfig(max_policy_calls=2)).run("cat")
+    policy.assert_exhausted()
+    assert traj.stop_reason == StopReason.INVALID_ANSWER and traj.program is None
+    assert "ordinal_mismatch" in traj.failure and protocol_failure(traj) == Failure.INVALID_ANSWER
+    assert traj.turns[-1].role == "assistant"  # nothing is fed back after the last allowed call
 
 
 def test_invalid_final_answer_is_a_named_failure(tools):

@@ -5,13 +5,18 @@ no duplicates, at most ``max_references``; the prompt names references only by o
 match the reference count, and contains no image id and no URL.
 
 Repairable violations are fixed and recorded (sorting, dropping unknown or duplicate ids, truncating
-to the cap, rewriting ids in the prompt as ordinal phrases, removing URLs). Fatal ones (empty prompt,
-no usable reference) leave no program. Violation names are stable: rewards and reports count them.
+to the cap, rewriting ids in the prompt as ordinal phrases, removing URLs). A repair never changes what
+the prompt means: an ordinal phrase names a reference by its place in the list *as the policy wrote it*,
+so when sorting or dropping moves a reference its phrases are renumbered to follow it. Fatal ones (empty
+prompt, no usable reference, an ordinal beyond the written list or naming a dropped reference) leave no
+program; the agent shows the policy why, so it can answer again. Violation names are stable: rewards and
+reports count them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -29,10 +34,15 @@ class Violation(StrEnum):
     TOO_MANY_REFERENCES = "too_many_references"  # truncated to the cap
     ID_IN_PROMPT = "id_in_prompt"  # replaced by the ordinal phrase (or removed if not a reference)
     URL_IN_PROMPT = "url_in_prompt"  # removed
-    ORDINAL_MISMATCH = "ordinal_mismatch"  # the prompt names an ordinal beyond the reference count
+    ORDINAL_MISMATCH = "ordinal_mismatch"  # fatal: the prompt names an ordinal beyond the written references
+    DROPPED_REFERENCE_IN_PROMPT = "dropped_reference_in_prompt"  # fatal: an ordinal names a dropped reference
+    ORDINALS_REMAPPED = "ordinals_remapped"  # ordinal phrases renumbered to follow their references' new places
 
 
-FATAL = frozenset({Violation.EMPTY_PROMPT, Violation.NO_REFERENCE})
+# An ordinal that points nowhere (about 3 % of fuzzed rollouts once ended so, accepted) or at a reference the
+# repair dropped cannot be repaired without guessing what the policy meant: the policy is asked to fix it.
+FATAL = frozenset({Violation.EMPTY_PROMPT, Violation.NO_REFERENCE, Violation.ORDINAL_MISMATCH,
+                   Violation.DROPPED_REFERENCE_IN_PROMPT})
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _ORDINAL_NUM = {w: i + 1 for i, w in enumerate(ORDINALS)} | {
@@ -77,10 +87,28 @@ def ordinal_phrase(index: int) -> str:
 
 def mentioned_ordinals(prompt: str) -> set[int]:
     """1-based ordinals the prompt refers to ('the second reference image' -> 2)."""
-    found = set()
-    for m in _ORDINAL_RE.finditer(prompt):
-        found.add(_ORDINAL_NUM[m.group(1).lower()] if m.group(1) else int(m.group(2)))
-    return found
+    return {_ordinal_value(m) for m in _ORDINAL_RE.finditer(prompt)}
+
+
+def _ordinal_value(m: re.Match[str]) -> int:
+    return _ORDINAL_NUM[m.group(1).lower()] if m.group(1) else int(m.group(2))
+
+
+def _renumbered(m: re.Match[str], n: int) -> str:
+    """The phrase ``m`` naming ordinal ``n`` in the same form ('First Reference' -> 'Second Reference',
+    '2nd reference' -> '1st reference', 'reference image 2' -> 'reference image 1'), so a remapped prompt
+    reads as the policy wrote it."""
+    group = 1 if m.group(1) else 2
+    old = m.group(group)
+    if group == 2:
+        new = str(n)
+    elif old[0].isdigit() or n > len(ORDINALS):
+        new = f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+    else:
+        new = ORDINALS[n - 1]
+        new = new.upper() if old.isupper() and len(old) > 1 else new.capitalize() if old[0].isupper() else new
+    start, end = m.start(group) - m.start(), m.end(group) - m.start()
+    return m.group(0)[:start] + new + m.group(0)[end:]
 
 
 def _id_key(img_id: str) -> tuple[int, str]:
@@ -101,27 +129,7 @@ def validate_answer(
     def flag(v: Violation, detail: str) -> None:
         issues.append(Issue(v, detail))
 
-    refs: list[Reference] = []
-    seen_ids: set[str] = set()
-    seen_sources: set[str] = set()
-    for raw in answer.get("reference_images", []):
-        img_id = raw["img_id"].strip()
-        image = retrieved.get(img_id)
-        if image is None:
-            flag(Violation.UNKNOWN_IMAGE_ID, f"{img_id!r} was not returned by any tool")
-            continue
-        if image.path is None:
-            flag(Violation.UNUSABLE_IMAGE, f"{img_id} could not be downloaded ({image.error or 'no file'})")
-            continue
-        source = image.path or image.url
-        if img_id in seen_ids or source in seen_sources:
-            flag(Violation.DUPLICATE_REFERENCE, f"{img_id} repeats an image already chosen")
-            continue
-        seen_ids.add(img_id)
-        seen_sources.add(source)
-        refs.append(Reference(img_id=img_id, note=str(raw.get("note", "")).strip(), path=image.path,
-                              url=image.url, title=image.title))
-
+    refs, written = _collect_references(answer.get("reference_images", []), retrieved, flag)
     ordered = sorted(refs, key=lambda r: _id_key(r.img_id))
     if [r.img_id for r in ordered] != [r.img_id for r in refs]:
         flag(Violation.UNSORTED_REFERENCES, "references were not in ascending id order; sorted")
@@ -130,21 +138,84 @@ def validate_answer(
         flag(Violation.TOO_MANY_REFERENCES, f"at most {max_references} references; dropped {dropped}")
         ordered = ordered[:max_references]
 
-    prompt = _repair_prompt(answer["gen_prompt"], [r.img_id for r in ordered], flag)
+    kept_ids = [r.img_id for r in ordered]
+    prompt = _repair_prompt(_remap_ordinals(answer["gen_prompt"], written, kept_ids, flag), kept_ids, flag)
     if not prompt:
         flag(Violation.EMPTY_PROMPT, "gen_prompt is empty")
     if len(ordered) < min_references:
         flag(Violation.NO_REFERENCE, f"need at least {min_references} usable reference image(s), got {len(ordered)}")
-    beyond = sorted(n for n in mentioned_ordinals(prompt) if n > len(ordered))
-    if beyond:
-        flag(Violation.ORDINAL_MISMATCH, f"the prompt mentions reference {beyond} but there are {len(ordered)}")
 
     if any(i.violation in FATAL for i in issues):
         return ValidationResult(None, issues)
     return ValidationResult(Program(gen_prompt=prompt, references=ordered), issues)
 
 
-def _repair_prompt(prompt: str, ref_ids: list[str], flag) -> str:
+def _collect_references(
+    raw_refs: list[dict[str, Any]], retrieved: dict[str, RetrievedImage], flag: Callable[[Violation, str], None]
+) -> tuple[list[Reference], list[str | None]]:
+    """The usable references in written order, and for each written entry the id of the reference it
+    stands for (a duplicate stands for the copy kept; an unknown or unusable id for nothing): the prompt's
+    ordinals count written entries, so this is what lets them be followed through the repair."""
+    refs: list[Reference] = []
+    written: list[str | None] = []
+    kept_by_source: dict[str, str] = {}
+    for raw in raw_refs:
+        img_id = raw["img_id"].strip()
+        image = retrieved.get(img_id)
+        if image is None:
+            flag(Violation.UNKNOWN_IMAGE_ID, f"{img_id!r} was not returned by any tool")
+            written.append(None)
+            continue
+        if image.path is None:
+            flag(Violation.UNUSABLE_IMAGE, f"{img_id} could not be downloaded ({image.error or 'no file'})")
+            written.append(None)
+            continue
+        source = image.path or image.url
+        kept = img_id if img_id in written else kept_by_source.get(source)
+        if kept is not None:
+            flag(Violation.DUPLICATE_REFERENCE, f"{img_id} repeats an image already chosen")
+            written.append(kept)
+            continue
+        kept_by_source[source] = img_id
+        written.append(img_id)
+        refs.append(Reference(img_id=img_id, note=str(raw.get("note", "")).strip(), path=image.path,
+                              url=image.url, title=image.title))
+    return refs, written
+
+
+def _remap_ordinals(prompt: str, written: list[str | None], kept_ids: list[str],
+                    flag: Callable[[Violation, str], None]) -> str:
+    """Renumber each ordinal phrase from its place among the ``written`` entries to the place of the same
+    reference among ``kept_ids`` (sorted, capped). One pass, so 'first' -> 'second' and 'second' ->
+    'first' cannot chain. A phrase beyond the written list or naming a dropped entry is left as written
+    and flagged (fatal): there is no reference it could mean."""
+    beyond: set[int] = set()
+    dropped: set[int] = set()
+
+    def renumber(m: re.Match[str]) -> str:
+        n = _ordinal_value(m)
+        if not 1 <= n <= len(written):
+            beyond.add(n)
+        elif written[n - 1] not in kept_ids:
+            dropped.add(n)
+        elif (new := kept_ids.index(written[n - 1]) + 1) != n:
+            return _renumbered(m, new)
+        return m.group(0)
+
+    remapped = _ORDINAL_RE.sub(renumber, prompt)
+    if beyond:
+        flag(Violation.ORDINAL_MISMATCH,
+             f"gen_prompt names reference {sorted(beyond)} but the answer lists {len(written)}")
+    if dropped:
+        flag(Violation.DROPPED_REFERENCE_IN_PROMPT,
+             f"gen_prompt names reference {sorted(dropped)} of the answer, which was dropped; name only kept ones")
+    if remapped != prompt:
+        flag(Violation.ORDINALS_REMAPPED, "ordinal phrases in gen_prompt were renumbered to follow the sorted, "
+                                          "repaired references")
+    return remapped
+
+
+def _repair_prompt(prompt: str, ref_ids: list[str], flag: Callable[[Violation, str], None]) -> str:
     def replace_id(m: re.Match[str]) -> str:
         img_id = m.group(0)
         return ordinal_phrase(ref_ids.index(img_id)) if img_id in ref_ids else "the reference image"
