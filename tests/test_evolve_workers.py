@@ -105,6 +105,22 @@ def test_set_model_switches_every_worker(env):
     assert {r.trajectory.backends.get("policy") for g in groups for r in g} == {"openai:policy-step-000003"}
 
 
+def test_a_worker_that_dies_while_switching_models_is_replaced_on_the_new_model(env):
+    """As during sampling: the dead worker is replaced, and the replacement serves the new adapter."""
+    root, spec, tasks = env
+    pool = RolloutPool(with_dir(spec, root / "died"), {"workers": 2})
+    dead = pool._workers[0]
+
+    async def dies(name):
+        raise WorkerDied("Ray actor died: the node went away")
+
+    dead.set_model = dies
+    pool.set_model("policy-step-000009")
+    assert pool.model == "policy-step-000009" and pool._workers[0] is not dead
+    groups = pool.sample(tasks[:2], step=0)  # one task on each worker
+    assert {r.trajectory.backends.get("policy") for g in groups for r in g} == {"openai:policy-step-000009"}
+
+
 def test_a_worker_that_raises_is_retried_on_another(env):
     root, spec, tasks = env
     pool = RolloutPool(with_dir(spec, root / "retry"), {"workers": 2})

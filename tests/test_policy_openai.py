@@ -358,6 +358,7 @@ async def test_auth_and_not_found_are_config_errors(server, key, status):
     with pytest.raises(ConfigError) as info:
         await make(server, max_retries=3).achat(TURNS, sampling=Sampling())
     assert str(status) in str(info.value) and SECRET not in str(info.value)
+    assert ("--api-server-count 1" in str(info.value)) == (status == 404)  # a runtime adapter some processes lack
     assert len(server.requests) == 1
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageChops
 
-from genevolve.registry import MissingDependency, resolve
+from genevolve.registry import ConfigError, MissingDependency, resolve
 from genevolve.render import RENDERERS
 from genevolve.render.base import RenderError
 from genevolve.render.diffusers_backend import (
@@ -169,6 +169,19 @@ def test_loading_path_dtype_device_and_offload(monkeypatch):
     assert built[1].log[0][1] == "my/model" and built[1].log[1] == ("offload",)
 
 
+def test_a_diffusers_without_2511_support_is_refused(monkeypatch):
+    import diffusers
+
+    class Before037:  # QwenImageTransformer2DModel as diffusers 0.36 declares it: no zero_cond_t
+        def __init__(self, patch_size=2, in_channels=64, num_layers=60, guidance_embeds=False):
+            pass
+
+    monkeypatch.setattr(diffusers, "QwenImageTransformer2DModel", Before037)
+    monkeypatch.setattr(diffusers, "QwenImageEditPlusPipeline", lambda: None, raising=False)
+    with pytest.raises(ConfigError, match=r"diffusers>=0\.37"):
+        QwenImageEditRenderer(device="cpu").load()
+
+
 def test_missing_diffusers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(MissingDependency, match=r"genevolve\[diffusers\]"):
@@ -222,6 +235,56 @@ def tiny_kontext():
                                transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def tiny_qwen_edit():
+    """A real QwenImageEditPlusPipeline in bfloat16 from tiny random components (no tokenizer: the
+    test below stops at the pipeline call)."""
+    pytest.importorskip("diffusers")
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(2, 2, 4))
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                vocab_size=64, bos_token_id=0, eos_token_id=1, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16, patch_size=2,
+                  spatial_merge_size=1, temporal_patch_size=1, fullatt_block_indexes=[0])
+    encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision))
+    pipe = QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=encoder,
+                                     tokenizer=None, processor=None, transformer=transformer)
+    return pipe.to(dtype=torch.bfloat16)
+
+
+async def test_text_to_image_fallback_shares_the_weights_in_their_dtype(tiny_qwen_edit, monkeypatch):
+    """from_pipe would cast the shared modules to float32: twice the memory of both pipelines."""
+    import diffusers
+    import torch
+
+    seen = []
+
+    def call(self, **kwargs):  # the real QwenImagePipeline, built by from_pipe; only its denoising is skipped
+        seen.append((self, {name: getattr(self, name).dtype for name in ("transformer", "vae", "text_encoder")}))
+        return SimpleNamespace(images=[Image.new("RGB", (kwargs["width"], kwargs["height"]))])
+
+    monkeypatch.setattr(diffusers.QwenImagePipeline, "__call__", call)
+    renderer = QwenImageEditRenderer.from_pipeline(tiny_qwen_edit, text_to_image_fallback=True, long_side=64)
+    await renderer.arender(Program(gen_prompt="a red cat"), seed=1)
+    (t2i, dtypes), = seen
+    assert type(t2i) is diffusers.QwenImagePipeline and t2i.transformer is tiny_qwen_edit.transformer
+    assert set(dtypes.values()) == {torch.bfloat16}
+    assert {tiny_qwen_edit.transformer.dtype, tiny_qwen_edit.text_encoder.dtype} == {torch.bfloat16}
 
 
 @pytest.mark.slow

@@ -27,6 +27,20 @@ made the adapter re-read from disk on every step, #33791; prefix-cache blocks of
 could be reused, #42125). A fresh name gets a fresh adapter id, so neither can happen, and rollouts
 still in flight keep the weights they started with. ``inplace: true`` is offered for servers where
 the bugs are fixed and adapter slots are scarce.
+
+Several API processes behind one URL: vLLM keeps the table of runtime-loaded adapters in each API
+process, and a load reaches only the process that accepted its connection. Since January 2026
+(vllm-project/vllm#32525) ``vllm serve --data-parallel-size N`` starts N API processes on one port
+unless ``--api-server-count 1`` is given (later releases refuse runtime LoRA updating with more than
+one); chat requests naming the new adapter that reach another process get 404 "The model ... does not
+exist". So after loading, ``/v1/models`` is read ``verify_probes`` times per server, each over a new
+connection (a kept-alive one would stay with one process), and every answer must list the adapter;
+otherwise the publish fails with a ConfigError saying to start vLLM with ``--api-server-count 1``.
+
+Which failures are retried: timeouts, connection errors, 408, 429, 502, 503 and 504 (a server
+starting, restarting or overloaded). Every other answer is final: resending the same load cannot
+change it. vLLM answers a load it cannot perform with 500 (older releases: 400), e.g. "LoRA rank 64
+is greater than max_lora_rank 16"; 404 and 422 say the folder or the request is wrong.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +63,7 @@ from genevolve.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
+TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})  # a gateway or a server that is (re)starting or overloaded
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _ROUTES = {"vllm": ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"),
            "sglang": ("/load_lora_adapter", "/unload_lora_adapter")}
@@ -74,11 +89,16 @@ class LoraSyncConfig(BaseModel):
     api_key_env: str | None = Field(None, description="environment variable holding the servers' API key "
                                                       "(sent as a bearer token, never logged)")
     timeout: float = Field(300.0, gt=0, description="seconds per HTTP attempt; loading reads the adapter from disk")
-    max_retries: int = Field(3, ge=0, description="retries after the first attempt on timeouts, 408/409/429 and 5xx")
+    max_retries: int = Field(3, ge=0, description="retries after the first attempt on timeouts, connection errors, "
+                                                  "408, 429, 502, 503 and 504; other errors are final at once")
     backoff_base: float = Field(1.0, ge=0, description="seconds before the first retry; doubles each retry (jittered)")
     backoff_max: float = Field(30.0, ge=0, description="cap on one retry's wait")
     path_map: dict[str, str] = Field(default_factory=dict, description="adapter path prefix on this machine -> the "
                                                                        "same folder's prefix as the servers mount it")
+    verify_probes: int = Field(8, ge=0, description="vllm only: after loading, read /v1/models this many times per "
+                                                    "server, each over a new connection, and require the adapter in "
+                                                    "every answer (catches several API processes behind one URL); "
+                                                    "0 skips the check")
 
     @model_validator(mode="after")
     def _check(self) -> LoraSyncConfig:
@@ -128,7 +148,8 @@ class LoraSync:
         """Load ``adapter_dir`` on every server, unload the previous adapter, return the model name.
 
         Raises ConfigError for the user's setup (runtime loading disabled, key refused, folder not
-        visible to the server) and LoraSyncError when a server keeps failing; in both cases the
+        visible to the server, adapter rank above ``--max-lora-rank``, several API processes behind one
+        URL) and LoraSyncError when a server refuses the load or keeps failing; in every case the
         previous adapter stays served everywhere and the new one is unloaded where it had loaded.
         """
         folder = Path(adapter_dir).resolve()
@@ -138,12 +159,12 @@ class LoraSync:
         remote_path = self._remote_path(folder)
         name = self.config.name_prefix if self.config.inplace else adapter_name(self.config.name_prefix, step)
         async with self._client() as client:
-            results = await asyncio.gather(*(self._load(client, s, name, remote_path) for s in self.servers),
-                                           return_exceptions=True)
-            failed = {s: r for s, r in zip(self.servers, results, strict=True) if isinstance(r, BaseException)}
+            failed = await self._on_all(lambda s: self._load(client, s, name, remote_path))
+            loaded = [s for s in self.servers if s not in failed]
+            if not failed and self.config.protocol == "vllm" and self.config.verify_probes:
+                failed = await self._on_all(lambda s: self._verify(s, name))
             if failed:
                 if not self.config.inplace:
-                    loaded = [s for s in self.servers if s not in failed]
                     await asyncio.gather(*(self._unload_quietly(client, s, name) for s in loaded))
                 raise _combined(failed, name, len(self.servers))
             previous, self.served = self.served, name
@@ -163,6 +184,11 @@ class LoraSync:
                 stale.add(self.served)
             self.served = None
             await asyncio.gather(*(self._drop_stale(client, s) for s in self.servers))
+
+    async def _on_all(self, call: Callable[[str], Awaitable[None]]) -> dict[str, BaseException]:
+        """``call`` on every server at once; returns the servers where it raised, with what it raised."""
+        results = await asyncio.gather(*(call(s) for s in self.servers), return_exceptions=True)
+        return {s: r for s, r in zip(self.servers, results, strict=True) if isinstance(r, BaseException)}
 
     # -- one server ---------------------------------------------------------------------------------
 
@@ -207,26 +233,63 @@ class LoraSync:
             else:
                 self._stale[server].discard(name)
 
+    async def _verify(self, server: str, name: str) -> None:
+        """Every API process behind ``server`` serves ``name``: see "Several API processes" in the module
+        docstring. Each probe is a new client, hence a new connection, as a new rollout's request may be."""
+        probes = self.config.verify_probes
+        listed = 0
+        for _ in range(probes):
+            async with self._client() as fresh:
+                response = await self._request(fresh, server, "/v1/models", None, what=f"listing {name!r}")
+            listed += name in self._model_ids(server, response)
+        if listed < probes:
+            raise ConfigError(
+                f"{server}/v1/models listed adapter {name!r} in {listed} of {probes} answers right after loading "
+                f"it: several API processes serve this URL and only the one that took the load has the adapter, "
+                f"so chat requests reaching the others would get 404. Start vLLM with --api-server-count 1 "
+                f"(--data-parallel-size N starts N API processes by default), or start one server per GPU and "
+                f"list each in lora_sync.servers")
+
+    def _model_ids(self, server: str, response: httpx.Response) -> set[str]:
+        """The model ids of a ``/v1/models`` answer; an answer of another shape is an error naming the server."""
+        if response.status_code == 404:
+            raise ConfigError(f"{server}/v1/models is not served (HTTP 404): the adapter check needs vLLM's OpenAI "
+                              f"API; set lora_sync.verify_probes: 0 for a server without it")
+        try:
+            data = response.json()["data"] if response.is_success else None
+            return {str(card["id"]) for card in data}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise LoraSyncError(f"{server}/v1/models answered HTTP {response.status_code} without a model list: "
+                                f"{self._redact(_detail(response))}") from None
+
     async def _post(self, client: httpx.AsyncClient, server: str, route: str, body: dict[str, Any]) -> httpx.Response:
-        """POST with retries on transient failures; returns the final non-transient response."""
+        return await self._request(client, server, route, body, what=repr(body["lora_name"]))
+
+    async def _request(self, client: httpx.AsyncClient, server: str, route: str, body: dict[str, Any] | None, *,
+                       what: str) -> httpx.Response:
+        """POST ``body`` (GET when None), retrying transient failures only (``TRANSIENT_STATUS``,
+        timeouts, connection errors); returns the first other response, success or not."""
         cfg = self.config
         last = ""
         for attempt in range(cfg.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
             try:
-                response = await client.post(server + route, json=body)
+                if body is None:
+                    response = await client.get(server + route)
+                else:
+                    response = await client.post(server + route, json=body)
             except httpx.TimeoutException:
                 last = f"timeout after {cfg.timeout:g}s"
                 continue
             except httpx.TransportError as exc:
                 last = f"connection error: {self._redact(str(exc))}"
                 continue
-            if response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
+            if response.status_code in TRANSIENT_STATUS:
                 last = f"HTTP {response.status_code}: {self._redact(_detail(response))}"
                 continue
             return response
-        raise LoraSyncError(f"{server}{route} ({body['lora_name']!r}) failed after {cfg.max_retries + 1} "
+        raise LoraSyncError(f"{server}{route} ({what}) failed after {cfg.max_retries + 1} "
                             f"attempt(s); last error: {last}")
 
     def _refusal(self, server: str, action: str, name: str, path: str | None, response: httpx.Response) -> Exception:
@@ -242,7 +305,11 @@ class LoraSync:
         if status == 404 and action == "load":
             return ConfigError(f"{server} cannot read adapter folder {path}: the servers must see the trainer's "
                                f"adapters on a shared filesystem (map differing mounts with path_map): {detail}")
-        return LoraSyncError(f"{server} refused to {action} adapter {name!r}: HTTP {status}: {detail}")
+        if action == "load" and re.search(r"max[_-]lora[_-]rank", detail):
+            return ConfigError(f"{server} cannot serve adapter {name!r} (HTTP {status}: {detail}): restart it with "
+                               f"--max-lora-rank at least the adapter's r, or train a smaller r")
+        return LoraSyncError(f"{server} refused to {action} adapter {name!r}: HTTP {status}: {detail} "
+                             f"(not retried: the same request would get the same answer)")
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -306,7 +373,7 @@ def _combined(failed: dict[str, BaseException], name: str, n_servers: int) -> Ex
         if not isinstance(exc, ConfigError | LoraSyncError):
             raise exc  # a bug, not a server's answer
     lines = "; ".join(str(exc) for exc in failed.values())
-    message = f"adapter {name!r} did not load on {len(failed)} of {n_servers} server(s): {lines}"
+    message = f"adapter {name!r} could not be served by {len(failed)} of {n_servers} server(s): {lines}"
     if any(isinstance(exc, ConfigError) for exc in failed.values()):
         return ConfigError(message)
     return LoraSyncError(message)

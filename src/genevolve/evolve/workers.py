@@ -21,7 +21,8 @@ the task data and the run folder on a shared filesystem (NFS, a mounted bucket) 
 
 Failures: a worker that raises, or an actor that dies, loses only its own share. The share is run once
 more on another live worker (a dead actor is replaced by a fresh one with the current model name);
-if that fails too, ``RolloutWorkerError`` names the tasks and carries every finished group.
+if that fails too, ``RolloutWorkerError`` names the tasks and carries every finished group. An actor
+that dies while switching models (``aset_model``) is replaced the same way, on the new model.
 """
 
 from __future__ import annotations
@@ -220,9 +221,21 @@ class RolloutPool:
         asyncio.run(self.aset_model(name))
 
     async def aset_model(self, name: str) -> None:
-        """Every worker's policy requests ``name`` from now on."""
-        await asyncio.gather(*(w.set_model(name) for w in self._workers))
+        """Every worker's policy requests ``name`` from now on.
+
+        A worker that died is replaced, as during sampling, and the replacement starts on ``name``; if
+        none can start, the dead one stays and its next share is retried on a live worker. Other errors
+        (a policy with no model name to switch: the user's configuration) raise.
+        """
+        outs = await asyncio.gather(*(w.set_model(name) for w in self._workers), return_exceptions=True)
+        for out in outs:
+            if isinstance(out, BaseException) and not isinstance(out, WorkerDied):
+                raise out
         self.model = name
+        for w, out in enumerate(outs):
+            if isinstance(out, WorkerDied):
+                log.warning("rollout pool: worker %d died while switching to %s; replacing it", w, name)
+                self._workers[w] = await self._replace(self._workers[w])
 
     async def asample(self, tasks: Sequence[Task], *, step: int) -> Groups:
         payload = [dataclasses.asdict(t) for t in tasks]

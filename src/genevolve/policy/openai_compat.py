@@ -6,8 +6,9 @@ Why the choices below:
   error must name the server and the status without echoing the API key.
 - Fault split (base.py): connection errors, timeouts, 408/409/429 and 5xx are retried and end in
   ``PolicyError`` (one rollout lost); 401/403/404 are the user's configuration (key, model name,
-  URL) and raise ``ConfigError`` at once; other 4xx (context too long, bad image) are ``PolicyError``
-  without retry, since resending the same request cannot help.
+  URL, or a runtime LoRA adapter missing from some of a server's API processes: the 404 says to start
+  vLLM with ``--api-server-count 1``) and raise ``ConfigError`` at once; other 4xx (context too long,
+  bad image) are ``PolicyError`` without retry, since resending the same request cannot help.
 - One client per event loop: the SDK's connection pool is bound to the loop that opened it, and
   :meth:`Policy.chat` runs each call in a fresh loop.
 - Structured outputs go in the server's own request field, chosen by ``structured``:
@@ -41,6 +42,10 @@ from genevolve.types import Turn
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 NO_KEY = "EMPTY"  # what vLLM and SGLang accept when they run without --api-key
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# A 404 for a model that was just served elsewhere: vLLM registers a LoRA adapter loaded at runtime only in the
+# API process that took the load, and `vllm serve --data-parallel-size N` runs N of them by default.
+NOT_FOUND_HINT = ("; a LoRA adapter loaded at runtime must be loaded in every API process of the server: start "
+                  "vLLM with --api-server-count 1 (data parallelism starts one API process per rank)")
 Structured = Literal["auto", "vllm", "vllm-legacy", "openai", "none"]
 
 _VLLM_FIELDS = {"grammar": "grammar", "regex": "regex", "json_schema": "json"}
@@ -254,7 +259,7 @@ class OpenAIPolicy(Policy):
                 if status in (401, 403):
                     raise ConfigError(f"{where} refused the key from ${self.api_key_env}: {detail}") from None
                 if status == 404:
-                    raise ConfigError(f"{where}: model or endpoint not found: {detail}") from None
+                    raise ConfigError(f"{where}: model or endpoint not found: {detail}{NOT_FOUND_HINT}") from None
                 if status < 500 and status not in RETRYABLE_STATUS:
                     raise PolicyError(f"{where} rejected the request: {detail}") from None
                 last_error = detail

@@ -13,6 +13,8 @@ Choices (METHOD.md §2 fixes the Qwen settings; the rest is ours):
 - No reference: ``RenderError("no_reference")`` unless ``text_to_image_fallback=True``. Then Kontext
   runs its own text-to-image path (``image=None``), and Qwen runs ``QwenImagePipeline.from_pipe`` on the
   same weights (the edit pipeline indexes ``image[-1]`` and cannot run without one).
+- Qwen-Image-Edit-2511 needs diffusers >= 0.37 (its ``zero_cond_t``); an older diffusers would load
+  the weights and silently render without it, so ``load`` refuses it with a ConfigError.
 - The seed drives a ``torch.Generator`` on the pipeline's device (CPU when offloading), so a
   (program, seed) pair renders the same image on the same hardware and library versions.
 - One pipeline call at a time per renderer (a lock): a diffusers pipeline is not re-entrant, and a GPU
@@ -34,13 +36,14 @@ or serve it: ``genevolve serve render --backend qwen_image_edit --port 8100``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from typing import Any, ClassVar
 
 from PIL import Image, ImageOps
 
-from genevolve.registry import require
+from genevolve.registry import ConfigError, require
 from genevolve.render.base import Renderer, RenderError, RenderResult
 from genevolve.types import Program
 
@@ -150,6 +153,7 @@ class _DiffusersRenderer(Renderer):
                 if cls is None:
                     raise RuntimeError(f"diffusers {diffusers.__version__} has no {self.pipeline_class}; "
                                        "upgrade it: pip install -U 'genevolve[diffusers]'")
+                self._check_library(diffusers)
                 dtype = getattr(torch, self.dtype)
                 pipe = cls.from_pretrained(self.model, torch_dtype=dtype, **self.load_kwargs)
                 if self.cpu_offload:
@@ -169,6 +173,9 @@ class _DiffusersRenderer(Renderer):
 
     def _text_to_image_pipeline(self, pipe: Any) -> Any:
         return pipe
+
+    def _check_library(self, diffusers: Any) -> None:
+        """Raise ConfigError when the installed diffusers would load the model but run it wrongly."""
 
     def _call_kwargs(self, program: Program, images: list[Image.Image], meta: dict[str, Any], *,
                      steps: int, cfg: float, size: tuple[int, int]) -> dict[str, Any]:
@@ -258,9 +265,19 @@ class QwenImageEditRenderer(_DiffusersRenderer):
             if not type(pipe).__module__.startswith("diffusers"):  # an injected pipeline handles image=None
                 return pipe
             diffusers = require("diffusers", "diffusers")
-            # shares the edit pipeline's modules: no second copy of the weights
-            self._t2i_pipe = diffusers.QwenImagePipeline.from_pipe(pipe)
+            # Shares the edit pipeline's modules: no second copy of the weights. from_pipe casts the new
+            # pipeline, and so the shared modules, to float32 unless it is given the dtype (diffusers 0.42:
+            # `.to(dtype=torch_dtype or float32)`): both pipelines would double in memory.
+            self._t2i_pipe = diffusers.QwenImagePipeline.from_pipe(pipe, torch_dtype=pipe.dtype)
         return self._t2i_pipe
+
+    def _check_library(self, diffusers: Any) -> None:
+        """Qwen-Image-Edit-2511's transformer config sets ``zero_cond_t``; diffusers before 0.37 drops the
+        field with a log line and renders with a different model, so such a version is refused here."""
+        transformer = getattr(diffusers, "QwenImageTransformer2DModel", None)
+        if transformer is None or "zero_cond_t" not in inspect.signature(transformer.__init__).parameters:
+            raise ConfigError(f"diffusers {diffusers.__version__} predates Qwen-Image-Edit-2511 (its transformer "
+                              f"ignores zero_cond_t and renders without it): pip install -U 'diffusers>=0.37'")
 
 
 class FluxKontextRenderer(_DiffusersRenderer):
