@@ -60,6 +60,9 @@ def main(out: str, accelerate: bool) -> None:
         keep = {k: metrics[k] for k in ("loss", "grad_norm")} | {"processes": learner.world}
         torch.save({"metrics": keep, "params": {n: p.detach() for n, p in model.named_parameters()}}, out)
         print(json.dumps(keep))
+    if accelerator is not None:  # every process waits, then the group goes down (as the CLI does): a process
+        accelerator.wait_for_everyone()  # leaving with collective threads running aborts
+        accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -19,13 +19,20 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _launch(args: list[str]) -> subprocess.CompletedProcess:
+def _launch(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     runner = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if runner is None:
         pytest.skip("torchrun is not on PATH")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([runner, "--standalone", "--nproc_per_node", "2", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    with subprocess.Popen([runner, "--standalone", "--nproc_per_node", "2", *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # torchrun passes SIGTERM on to its workers; killed, it would leave them running
+            proc.communicate(timeout=60)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _genevolve() -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genevolve import prompts
 from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling
+from genevolve.policy.messages import visible_images
 from genevolve.protocol import ParsedTurn, format_tool_response, parse_turn
 from genevolve.tools.base import Tool, ToolError
 from genevolve.types import (
@@ -220,7 +221,8 @@ class Agent:
             traj.timings["policy"] += time.perf_counter() - t
             traj.n_policy_calls += 1
             traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced,
-                                   forced_end=reply.forced_end, token_ids=reply.token_ids))
+                                   forced_end=reply.forced_end, token_ids=reply.token_ids,
+                                   logprobs=reply.logprobs, stop_token_id=reply.stop_token_id))
 
             parsed = parse_turn(reply.text, self.tools.keys())
             if parsed.error:
@@ -307,16 +309,7 @@ class Agent:
     def _context(self, turns: list[Turn]) -> list[Turn]:
         """What the policy sees: all turns, with only the newest ``max_context_images`` images attached
         (older ones stay as their text lines) so a VLM's context stays bounded."""
-        budget = self.config.max_context_images
-        out: list[Turn] = []
-        for turn in reversed(turns):
-            if turn.images and len(turn.images) > budget:
-                keep = max(budget, 0)
-                content = _drop_placeholders(turn.content, len(turn.images) - keep)
-                turn = turn.model_copy(update={"content": content, "images": turn.images[len(turn.images) - keep:]})
-            budget -= len(turn.images)
-            out.append(turn)
-        return out[::-1]
+        return visible_images(turns, self.config.max_context_images)
 
     def _backend_names(self) -> dict[str, str]:
         names = {"policy": self.policy.name}
@@ -329,17 +322,6 @@ class Agent:
         traj.stop_reason = reason
         traj.failure = failure
         traj.program = None
-
-
-def _drop_placeholders(content: str, n: int) -> str:
-    """Remove the first ``n`` image placeholders (and the space before each)."""
-    for _ in range(n):
-        i = content.find(IMAGE_PLACEHOLDER)
-        if i < 0:
-            break
-        start = i - 1 if i > 0 and content[i - 1] == " " else i
-        content = content[:start] + content[i + len(IMAGE_PLACEHOLDER):]
-    return content
 
 
 def _brief(exc: ValidationError) -> str:

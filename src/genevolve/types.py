@@ -104,6 +104,11 @@ class Turn(_Record):
     forced_end: bool = False
     #: assistant turns: the token ids the policy sampled for ``content`` (its own tokenizer; empty when unknown)
     token_ids: list[int] = Field(default_factory=list)
+    #: assistant turns: the sampler's log-prob of each of ``token_ids``, then of ``stop_token_id`` when the turn
+    #: ended on an end token (at the sampling temperature, before constraint masks and top-p; empty when unknown)
+    logprobs: list[float] = Field(default_factory=list)
+    #: assistant turns: the end token the sampler stopped on (None: it stopped for another reason, or unknown)
+    stop_token_id: int | None = None
 
     @model_validator(mode="after")
     def _placeholders_match(self) -> Turn:
@@ -112,6 +117,9 @@ class Turn(_Record):
             raise ValueError(
                 f"turn has {n} {IMAGE_PLACEHOLDER!r} placeholders but {len(self.images)} images"
             )
+        if self.logprobs and len(self.logprobs) != len(self.token_ids) + (self.stop_token_id is not None):
+            raise ValueError(f"turn has {len(self.logprobs)} log-probs for {len(self.token_ids)} token ids"
+                             f"{' and a stop token' if self.stop_token_id is not None else ''}")
         end = 0
         for start, stop in self.forced:
             if not end <= start < stop <= len(self.content):

@@ -28,21 +28,42 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from genevolve.evolve import losses
+from genevolve.evolve.logp_check import (
+    GapStats,
+    LogpGate,
+    covers,
+    largest_over_processes,
+    sampler_logps,
+    tis_weights,
+)
 from genevolve.evolve.model import TrainModel
 from genevolve.evolve.parallel import sum_gradients, sum_values, world_of
 from genevolve.evolve.rl_config import EvolveConfig
+from genevolve.evolve.sharding import (
+    begin_passes,
+    end_passes,
+    load_optimizer_state,
+    load_trainable_state,
+    optimizer_state,
+    shard_train_model,
+    trainable_state,
+)
 from genevolve.evolve.tokens import TokenView, aligned_positions, collate, token_logps
 
 
 @dataclass
 class Row:
+    """One sequence to train on. ``weight``: its share of a rollout, 1 unless the rollout's contexts
+    needed several sequences (``ChatEncoder.views``): GRPO's sequence mean then counts the rollout once."""
+
     view: TokenView
     teacher: TokenView | None
     advantage: float
+    weight: float = 1.0
 
 
 @dataclass
@@ -54,16 +75,18 @@ class Scored:
     ref: list[Any | None]
     seconds: dict[str, float]
     disagreement: float | None = None  # mean |teacher - student| over the assistant tokens of rows with a bundle
+    behaviour: list[Any | None] = field(default_factory=list)  # the sampler's log-probs, where they differ
+    logp: dict[str, Any] = field(default_factory=dict)  # the learner-sampler gap check (logp_check)
 
 
 def _chunks(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _pad(rows: Sequence[Any], t: int) -> Any:
+def _pad(rows: Sequence[Any], t: int, fill: float = 0.0) -> Any:
     import torch
 
-    out = torch.zeros((len(rows), t), dtype=torch.float32)
+    out = torch.full((len(rows), t), fill, dtype=torch.float32)
     for b, x in enumerate(rows):
         if x is not None:
             out[b, : x.shape[0]] = x
@@ -80,6 +103,10 @@ class Learner:
         self.tm, self.cfg = tm, cfg
         self.accelerator = accelerator
         self.rank, self.world = world_of(accelerator)
+        # model.fsdp: shard here, before the optimizer sees the parameters; the KL reference is copied
+        # from the starting weights first and sharded the same way (sharding.py)
+        self.sharded = tm.spec.fsdp
+        sharded_reference = shard_train_model(tm, accelerator, reference=cfg.kl_coef > 0) if self.sharded else None
         params = tm.trainable_parameters()
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -91,12 +118,15 @@ class Learner:
             floor = cfg.min_lr_frac
             base = self.scheduler.lr_lambdas[0]
             self.scheduler.lr_lambdas = [lambda s: floor + (1 - floor) * base(s)]
+        lp = cfg.sampler_logps
+        self.gate = LogpGate(reuse=lp.reuse, tolerance=lp.tolerance, check_every=lp.check_every)
         self.reference = None
         self.reference_weights: dict[str, Any] | None = None
         if cfg.kl_coef > 0 and tm.is_lora:
             self.reference_weights = {n: p.detach().clone() for n, p in tm.model.named_parameters() if p.requires_grad}
         elif cfg.kl_coef > 0:
-            self.reference = copy.deepcopy(tm.model).eval().requires_grad_(False)
+            self.reference = (sharded_reference if sharded_reference is not None
+                              else copy.deepcopy(tm.model).eval().requires_grad_(False))
 
     # -- scoring ------------------------------------------------------------------------------------
 
@@ -104,11 +134,14 @@ class Learner:
         import torch
 
         out: list[Any] = []
+        chunks = _chunks(len(views), self.cfg.micro_batch)
+        begin_passes(model, len(chunks))  # FSDP: every process runs as many forwards as the busiest (sharding.py)
         with torch.no_grad():
-            for chunk in _chunks(len(views), self.cfg.micro_batch):
+            for chunk in chunks:
                 batch = collate([views[i] for i in chunk], self.tm.pad_id)
                 scored = token_logps(model, batch, temperature=self.cfg.temperature).cpu()
                 out += [scored[j, : len(views[i])] for j, i in enumerate(chunk)]
+            end_passes(model, self.tm.pad_id, backward=False)
         return out
 
     def local(self, n: int) -> list[int]:
@@ -122,13 +155,11 @@ class Learner:
         model.eval()
         mine = self.local(len(rows))
         t0 = time.perf_counter()
-        old: list[Any] = [None] * len(rows)
-        for i, logp in zip(mine, self._logps(model, [rows[i].view for i in mine]), strict=True):
-            old[i] = logp
+        old, behaviour, logp_metrics = self._old_logps(rows, mine)
         t1 = time.perf_counter()
         teacher: list[Any | None] = [None] * len(rows)
         with_bundle = [i for i in mine if rows[i].teacher is not None]
-        if with_bundle:
+        if with_bundle or self.sharded:  # FSDP: every process takes part in the teacher passes (sharding.py)
             scored = self._logps(model, [rows[i].teacher for i in with_bundle])  # type: ignore[misc]
             for i, t_logp in zip(with_bundle, scored, strict=True):
                 s_pos, t_pos = aligned_positions(rows[i].view, rows[i].teacher)  # type: ignore[arg-type]
@@ -148,8 +179,38 @@ class Learner:
                     scored_ref = self._logps(model, [rows[i].view for i in mine])
             for i, logp in zip(mine, scored_ref, strict=True):
                 ref[i] = logp
-        return Scored(old, teacher, ref, {"old": t1 - t0, "teacher": t2 - t1, "reference": time.perf_counter() - t2},
-                      disagreement)
+        seconds = {"old": t1 - t0, "teacher": t2 - t1, "reference": time.perf_counter() - t2}
+        if logp_metrics["logp_reused"]:
+            seconds["old_saved"] = self.gate.last_pass_seconds
+        else:
+            self.gate.last_pass_seconds = t1 - t0
+        return Scored(old, teacher, ref, seconds, disagreement, behaviour, logp_metrics)
+
+    def _old_logps(self, rows: Sequence[Row], mine: list[int]) -> tuple[list[Any], list[Any | None], dict[str, Any]]:
+        """The old policy's log-probs of this process's rows: the learner's own pass, checked against the
+        sampler's log-probs, or (while they agree, between checks) the sampler's. Also the behaviour
+        log-probs for the truncated importance weight (only after a check found the two apart) and the
+        gap metrics. Every decision is taken from all processes' rows, so all processes run the same passes."""
+        import torch
+
+        uncovered = sum_values(self.accelerator, [sum(not covers(rows[i].view) for i in mine)])[0]
+        sampled = {i: sampler_logps(rows[i].view) for i in mine}
+        old: list[Any] = [None] * len(rows)
+        if self.gate.plan(all_covered=uncovered == 0):
+            for i in mine:
+                old[i] = torch.nan_to_num(sampled[i], nan=0.0) * torch.tensor(rows[i].view.mask)
+            return old, [None] * len(rows), {"logp_reused": True}
+        stats = GapStats()
+        for i, logp in zip(mine, self._logps(self.tm.model, [rows[i].view for i in mine]), strict=True):
+            old[i] = logp
+            if sampled[i] is not None:
+                stats.add(logp, sampled[i], torch.tensor(rows[i].view.mask))
+        stats.total, stats.over, stats.tokens = sum_values(self.accelerator, [stats.total, stats.over, stats.tokens])
+        stats.tokens, stats.over = int(stats.tokens), int(stats.over)
+        stats.largest = largest_over_processes(self.accelerator, stats.largest)
+        self.gate.record(stats)
+        behaviour = [sampled.get(i) if self.gate.behaviour_differs else None for i in range(len(rows))]
+        return old, behaviour, {"logp_reused": False, **stats.metrics()}
 
     @contextlib.contextmanager
     def _reference_adapter(self) -> Any:
@@ -177,6 +238,7 @@ class Learner:
         metrics = self.update(rows, scored)
         metrics["seconds"] = {**scored.seconds, **metrics.pop("seconds")}
         metrics["teacher_student_gap"] = scored.disagreement
+        metrics.update(scored.logp)
         if any(r.teacher is not None for r in rows) and metrics["seconds"]["update"]:  # steps with bundles only
             metrics["teacher_cost_ratio"] = scored.seconds["teacher"] / metrics["seconds"]["update"]
         return metrics
@@ -195,14 +257,16 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             kept_total = sum(self._kept(rows[i]) for i in share)
             mine = [i for i in share if i % self.world == self.rank]
+            begin_passes(model, len(_chunks(len(mine), cfg.micro_batch)))  # FSDP: agree on the passes (sharding.py)
             for chunk in _chunks(len(mine), cfg.micro_batch):
                 idx = [mine[j] for j in chunk]
-                parts = self._micro_loss(rows, scored, idx, len(share), kept_total)
+                parts = self._micro_loss(rows, scored, idx, sum(rows[i].weight for i in share), kept_total)
                 parts["loss"].backward()
                 for key in ("grpo", "ved", "clip_low", "clip_high"):
                     sums[key] += float(parts[key])
                 sums["loss"] += float(parts["loss"].detach())
                 sums["tokens"] += int(parts["tokens"])
+            end_passes(model, self.tm.pad_id, backward=True)  # FSDP: zero-weight passes up to the agreed count
             sum_gradients(self.accelerator, self.tm.trainable_parameters())
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.tm.trainable_parameters(), cfg.max_grad_norm)
@@ -236,7 +300,7 @@ class Learner:
         zeros = torch.zeros(mask.shape)
         return int(losses.ved_selection(zeros, zeros, mask, self.cfg.ved.top_frac).sum())
 
-    def _micro_loss(self, rows: Sequence[Row], scored: Scored, idx: list[int], share_rows: int,
+    def _micro_loss(self, rows: Sequence[Row], scored: Scored, idx: list[int], share_rows: float,
                     kept_total: int) -> dict[str, Any]:
         import torch
 
@@ -261,8 +325,12 @@ class Learner:
         ref_B_T = None
         if cfg.kl_coef > 0:
             ref_B_T = _pad([scored.ref[i] for i in idx], t).to(logp_B_T.device)
+        weights_B_T = None
+        if scored.behaviour and any(scored.behaviour[i] is not None for i in idx):
+            behaviour_B_T = _pad([scored.behaviour[i] for i in idx], t, fill=math.nan).to(logp_B_T.device)
+            weights_B_T = tis_weights(old_B_T, behaviour_B_T, cfg.sampler_logps.tis_cap)
         grpo = losses.grpo_loss(logp_B_T, old_B_T, adv, mask_B_T, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                ref_logp=ref_B_T, kl_coef=cfg.kl_coef) * (len(idx) / share_rows)
+                                ref_logp=ref_B_T, kl_coef=cfg.kl_coef, token_weights=weights_B_T) * (len(idx) / share_rows)
         loss = grpo
         ved_part = torch.zeros((), device=logp_B_T.device)
         if ved.form == "kl" and ved.lam > 0 and kept_total > 0:
@@ -281,19 +349,15 @@ class Learner:
     # -- state ----------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        trainable = {n: p.detach().cpu() for n, p in self.tm.model.named_parameters() if p.requires_grad}
-        return {"trainable": trainable, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        """Trainable weights, optimizer and schedule. Sharded (FSDP): gathered into full tensors, so every
+        process must call it, and only the main process gets the weights and optimizer state."""
+        return {"trainable": trainable_state(self.tm.model), "optimizer": optimizer_state(self.tm.model, self.optimizer),
+                "scheduler": self.scheduler.state_dict(), "logp_gate": self.gate.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        import torch
-
-        params = dict(self.tm.model.named_parameters())
-        missing = [n for n in state["trainable"] if n not in params]
-        if missing:
-            raise ValueError(f"checkpoint holds parameters this model lacks: {missing[:3]}...")
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value.to(params[name].device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        """``state_dict``'s output, on every process (sharded: each keeps its shard)."""
+        load_trainable_state(self.tm.model, state["trainable"])
+        load_optimizer_state(self.tm.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "logp_gate" in state:  # checkpoints written before the gate existed start it unsure
+            self.gate.load_state_dict(state["logp_gate"])

@@ -44,6 +44,7 @@ from genevolve.evolve.groups import Task
 from genevolve.evolve.parallel import process_model_spec
 from genevolve.evolve.rl_config import EvolveFile
 from genevolve.evolve.rollout import Rollout
+from genevolve.registry import ConfigError
 from genevolve.types import write_text_atomic
 
 CHECKPOINT_DONE = "complete.json"
@@ -128,7 +129,10 @@ class EvolveRun:
             raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
                              "(or alpha: 0 for an image-only reward)")
         self.tm = load_model(process_model_spec(cfg.model_spec(), accelerator))
-        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced)
+        # the learner's token views show each turn the images the rollout policy was shown
+        self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced,
+                                   accepts_images=self._policy_sees_images(env),
+                                   max_context_images=env.agent.max_context_images)
         self.learner = Learner(self.tm, self.ev, accelerator=accelerator)
         self._writer: Any = None
         self.pool: Any = None
@@ -208,6 +212,19 @@ class EvolveRun:
         tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
                             download=env.download)
         return Agent(policy, tools, agent_cfg)
+
+    def _policy_sees_images(self, env: Any) -> bool:
+        """Whether rollouts show the policy its retrieved images: a VLM learner's always do (METHOD.md §1); a
+        server policy that would not send them to a VLM is a configuration mistake, not a text-only run."""
+        vlm = self.tm.processor is not None and getattr(self.tm.processor, "image_processor", None) is not None
+        if self.ev.rollout.backend == "server" and env.policy is not None:
+            sends = bool(env.policy.options.get("accepts_images", False))
+            if vlm and not sends:
+                raise ConfigError("the policy model is a VLM but env.policy does not send it images: set "
+                                  "env.policy.accepts_images: true (the rollouts must show what the learner scores)")
+            if sends and not vlm:
+                raise ConfigError("env.policy.accepts_images is true but the policy model has no image processor")
+        return vlm
 
     def _env_spec(self, env: Any) -> Any:
         """The rollout environment with the RL sampling settings (what every rollout backend builds from)."""
@@ -347,12 +364,13 @@ class EvolveRun:
         rows, skipped = [], 0
         for trajectory, adv, guide in specs:
             try:
-                view = self.encoder.view(trajectory)
-                teacher = None if guide is None else self.encoder.view(trajectory, system=guide)
+                views = self.encoder.views(trajectory)
+                teachers = [None] * len(views) if guide is None else self.encoder.views(trajectory, system=guide)
             except TokenViewError:
                 skipped += 1  # e.g. a policy error before the first assistant turn
                 continue
-            rows.append(Row(view, teacher, adv))
+            # a trajectory whose contexts part (images dropped) is several sequences: one rollout between them
+            rows += [Row(v, t, adv, weight=1 / len(views)) for v, t in zip(views, teachers, strict=True)]
         with_bundle = sum(1 for r in rows if r.teacher is not None)
         forced = sum(r.view.n_forced for r in rows)
         generated = forced + sum(r.view.n_assistant_tokens for r in rows)
@@ -379,6 +397,8 @@ class EvolveRun:
         for step in range(start, total):
             result = self.step(step)
             if result is None:  # not the main process: it has nothing to write
+                if self.learner.sharded and ((step + 1) % self.ev.save_every == 0 or step + 1 == total):
+                    self.save(step)  # FSDP: gathering the weights for the checkpoint takes every process
                 continue
             for rollout in result.rollouts:
                 append_line(self.out / "trajectories.jsonl", rollout.to_json())
@@ -402,7 +422,7 @@ class EvolveRun:
         last = self._share(latest_checkpoint(self.out) if self.is_main else None)
         last_step = -1
         if last is not None:
-            state = torch.load(last / "learner.pt", map_location="cpu", weights_only=False)
+            state = torch.load(last / "learner.pt", map_location="cpu", weights_only=False, mmap=True)
             self.learner.load_state_dict(state["learner"])
             random.setstate(state["python_rng"])
             torch.set_rng_state(state["torch_rng"])
@@ -419,16 +439,21 @@ class EvolveRun:
 
     def save(self, step: int) -> Path:
         """A checkpoint of ``step``; it counts only once ``complete.json`` is written (last). Main process only:
-        every process holds the same weights and optimizer state."""
+        every process holds the same weights and optimizer state. With FSDP every process calls it to gather
+        the shards, and only the main process writes."""
         import torch
 
         from genevolve.evolve.model import save_model
 
         folder = self.out / "checkpoints" / f"step_{step:06d}"
+        learner = self.learner.state_dict()
+        if not self.is_main:
+            save_model(self.tm, folder / "model")  # gathers; writes nothing here
+            return folder
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        torch.save({"step": step, "learner": self.learner.state_dict(), "python_rng": random.getstate(),
+        torch.save({"step": step, "learner": learner, "python_rng": random.getstate(),
                     "torch_rng": torch.get_rng_state()}, folder / "learner.pt")
         save_model(self.tm, folder / "model")
         write_text_atomic(folder / CHECKPOINT_DONE, json.dumps({"step": step, "time": time.time()}))

@@ -90,6 +90,7 @@ def grpo_loss(
     clip_high: float = 0.28,
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
+    token_weights: Tensor | None = None,
 ) -> Tensor:
     """PPO-style clipped surrogate with asymmetric clipping, aggregated as a sequence mean of token sums.
 
@@ -101,6 +102,8 @@ def grpo_loss(
 
     Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` are ``[B, T]``; ``advantages`` is ``[B]``
     (one value per rollout) or ``[B, T]`` (per-token, e.g. ``A[:, None] + distill_advantages(...)``).
+    ``token_weights`` ``[B, T]`` (constants) multiply each token's surrogate term, not the KL: the truncated
+    importance weight of a sampler whose numerics differ from the learner's (``logp_check.tis_weights``).
     Gradients flow only through ``logp``; ``old_logp``, ``ref_logp`` and ``advantages`` are constants.
     """
     import torch
@@ -113,6 +116,8 @@ def grpo_loss(
     ratio_B_T = torch.exp(logp - old_logp)
     clipped_B_T = ratio_B_T.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token_B_T = -torch.minimum(ratio_B_T * adv_B_T, clipped_B_T * adv_B_T)
+    if token_weights is not None:
+        per_token_B_T = per_token_B_T * token_weights.detach().to(logp.dtype)
     if ref_logp is not None and kl_coef:
         delta_B_T = ref_logp.detach() - logp
         per_token_B_T = per_token_B_T + kl_coef * (torch.exp(delta_B_T) - delta_B_T - 1.0)

@@ -148,10 +148,16 @@ def _with_adapter(model: Any, spec: ModelSpec, vlm: bool) -> Any:
 
 
 def save_model(tm: TrainModel, folder: str | Path) -> Path:
-    """Write the trained weights (adapter or full model), the tokenizer/processor and ``model.json``."""
+    """Write the trained weights (adapter or full model), the tokenizer/processor and ``model.json``.
+    An FSDP-sharded model is gathered first: every process calls this, and only the main one writes."""
+    from genevolve.evolve.sharding import full_model_state, is_main_process, is_sharded
+
     folder = Path(folder)
+    state = full_model_state(tm.model) if is_sharded(tm.model) else None
+    if not is_main_process(tm.model):
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
-    tm.model.save_pretrained(folder)
+    tm.model.save_pretrained(folder, state_dict=state)
     (tm.processor if tm.processor is not None else tm.tokenizer).save_pretrained(folder)
     info = {"kind": "lora" if tm.is_lora else "full", "base": tm.spec.path,
             "from_config": tm.spec.from_config is not None}

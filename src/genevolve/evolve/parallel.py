@@ -1,11 +1,11 @@
 """Data parallelism over processes started by ``accelerate launch`` or ``torchrun``, shared by SFT and the
 RL learner.
 
-Every process holds the whole model (no sharding). Each computes the gradient of its part of a step's
-loss, already weighted by step-wide totals, so the step's gradient is the plain sum over processes
-(``sum_gradients``); logged sums are added up the same way (``sum_values``). Summing by hand rather than
-through a DDP wrapper lets processes hold different numbers of micro-batches in a step. With no
-accelerator, or one process, every helper is the identity.
+Every process holds the whole model (``model.fsdp`` shards it instead: ``sharding.py``). Each computes the
+gradient of its part of a step's loss, already weighted by step-wide totals, so the step's gradient is the
+plain sum over processes (``sum_gradients``); logged sums are added up the same way (``sum_values``). Summing
+by hand rather than through a DDP wrapper lets processes hold different numbers of micro-batches in a step.
+With no accelerator, or one process, every helper is the identity.
 """
 
 from __future__ import annotations
@@ -55,9 +55,13 @@ def launched_processes(timeout_s: float = 7200.0) -> Iterator[Any]:
 
 
 def process_model_spec(spec: Any, accelerator: Any) -> Any:
-    """``spec`` on this process's own accelerator device (one GPU a process); CPU specs are left as they are."""
+    """``spec`` on this process's own accelerator device (one GPU a process); CPU specs are left as they are.
+    A sharded model (``fsdp``) loads in CPU memory (``dtype: auto`` is then float32) and ``fully_shard`` moves
+    each process's shard to its GPU, so no GPU ever holds the whole model."""
     if accelerator is None or spec.device == "cpu":
         return spec
+    if spec.fsdp:
+        return spec.model_copy(update={"device": "cpu"})
     return spec.model_copy(update={"device": str(accelerator.device)})
 
 
@@ -69,12 +73,17 @@ def world_of(accelerator: Any) -> tuple[int, int]:
 
 
 def sum_gradients(accelerator: Any, params: Iterable[Any]) -> None:
-    """Replace each parameter's gradient by its sum over processes (a missing gradient counts as zeros)."""
+    """Replace each parameter's gradient by its sum over processes (a missing gradient counts as zeros).
+    Parameters sharded by FSDP (``sharding.py``, DTensors) are left alone: FSDP's reduce-scatter already
+    summed their gradients, and summing again would multiply them by the number of processes."""
     if world_of(accelerator)[1] == 1:
         return
     import torch
+    from torch.distributed.tensor import DTensor
 
     for param in params:
+        if isinstance(param, DTensor):
+            continue
         if param.grad is None:
             param.grad = torch.zeros_like(param)
         param.grad = accelerator.reduce(param.grad, reduction="sum")

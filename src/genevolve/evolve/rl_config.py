@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from genevolve.config import BackendSpec, RunConfig
 from genevolve.evolve.train_config import ModelSpec, _Section, env_run_config, load_sections
@@ -71,6 +71,25 @@ class EvalConfig(_Section):
     k: int = Field(2, ge=1, description="rollouts per request")
     data: str | None = Field(None, description="evaluation rows (with GT images); null: hold requests out of "
                                                "evolve.data")
+
+
+class SamplerLogpsConfig(_Section):
+    """What the learner does with the log-probs the sampler recorded for its own tokens (``Turn.logprobs``).
+
+    Every check step the learner's old-policy pass is compared with them token by token (``logp_gap_*`` in
+    metrics.jsonl): the same weights scoring the same tokens in the same context must agree to float noise,
+    so a gap names a bug (a context the policy never saw, a re-tokenisation) or a sampler with other
+    numerics (a bf16 server). Within ``tolerance`` the sampler's log-probs serve as the old ones and the
+    pass is skipped until the next check; beyond it they are the behaviour policy of a truncated
+    importance weight on the policy-gradient term, min(exp(old - sampler), tis_cap) per token (the usual
+    rollout correction for a sampler whose numerics differ from the learner's).
+    """
+
+    reuse: bool = Field(True, description="skip the old-policy pass between checks while the gap is within "
+                                          "tolerance (every step checks when false)")
+    tolerance: float = Field(1e-3, gt=0, description="largest |learner - sampler| log-prob gap still treated as equal")
+    check_every: int = Field(10, ge=1, description="steps between checks while reusing (the first step always checks)")
+    tis_cap: float = Field(2.0, ge=1, description="cap of the truncated importance weight beyond tolerance")
 
 
 class RolloutConfig(_Section):
@@ -130,6 +149,7 @@ class EvolveConfig(_Section):
                                 "setting); a tiny model decodes several times faster with 1; null: the process's")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ved: VEDConfig = Field(default_factory=VEDConfig)
+    sampler_logps: SamplerLogpsConfig = Field(default_factory=SamplerLogpsConfig)
     experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     save_every: int = Field(10, ge=1, description="steps between checkpoints (and one at the end)")
@@ -146,6 +166,14 @@ class EvolveFile(_Section):
                                                                         "budgets; a path, a mapping, or a mapping with "
                                                                         "`from: PATH` whose other keys override that file")
     evolve: EvolveConfig
+
+    @model_validator(mode="after")
+    def _sharded_sampling(self) -> EvolveFile:
+        if self.model.fsdp and self.evolve.rollout.backend == "learner":
+            raise ValueError("model.fsdp needs evolve.rollout.backend: server: with `learner` the main process "
+                             "samples from the policy alone, and a sharded policy needs every process in each "
+                             "forward pass")
+        return self
 
     def model_spec(self) -> ModelSpec:
         """``model``, or where ``evolve.init_from`` is set, the model that SFT wrote there."""

@@ -18,7 +18,9 @@ Several processes (``accelerate launch`` or ``torchrun`` ... ``genevolve sft``, 
 backpropagates its micro-batches' shares of the step-wide token mean, and the gradients are summed
 (``genevolve.evolve.parallel``), so the update is the one-process update; ``grad_accum`` a multiple of
 the process count keeps every process busy. The main process writes the run folder; every process resumes
-from the same checkpoint.
+from the same checkpoint. With ``model.fsdp`` the model is sharded instead (``sharding.py``): FSDP sums the
+gradients, a process with fewer micro-batches in a step runs zero-weight passes so that every process runs
+the same collectives, and checkpoints and ``final/`` are gathered onto the main process.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ from genevolve.evolve.parallel import (
     world_of,
 )
 from genevolve.evolve.sft_data import SFTExample, load_examples, micro_batches, split
+from genevolve.evolve.sharding import (
+    begin_passes,
+    end_passes,
+    is_main_process,
+    load_optimizer_state,
+    load_trainable_state,
+    optimizer_state,
+    shard_train_model,
+    trainable_state,
+)
 from genevolve.evolve.tokens import ChatEncoder, TokenView, collate, token_logps
 from genevolve.evolve.train_config import SFTFile
 from genevolve.registry import ConfigError
@@ -94,6 +106,9 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
         _prepare_folder(out, cfg, fresh)
     wait_for_everyone(accelerator)
     tm = load_model(process_model_spec(cfg.model, accelerator))
+    if cfg.model.fsdp:
+        shard_train_model(tm, accelerator)
+    sharded = cfg.model.fsdp  # then saving gathers the weights: every process takes part
     encoder = ChatEncoder(tm.tokenizer, tm.processor)
     examples, skipped = load_examples(s.data, encoder, s.max_tokens, skip_failed=s.skip_failed,
                                       system=cfg.system_prompt(config_dir))
@@ -147,11 +162,11 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
                 eval_loss = evaluate(tm, [view_of(e) for e in held[rank::world]], s.batch_size, accelerator)
                 if metrics is not None:
                     metrics.write({"step": done, "kind": "eval", "eval_loss": eval_loss})
-            if main and (done % s.save_every == 0 or done == total):
+            if (main or sharded) and (done % s.save_every == 0 or done == total):
                 _save_checkpoint(out, done, tm, optimizer, scheduler, s.keep_checkpoints)
             advance(train_loss, eval_loss)
     final = out / "final"
-    if main:
+    if main or sharded:
         final = save_model(tm, final)
     wait_for_everyone(accelerator)
     return SFTResult(out, total, final, train_loss, eval_loss, start)
@@ -186,6 +201,7 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
         context_masks.append(ctx_B_T)
     n_context = sum(int(m.sum()) for m in context_masks if m is not None)
     total, context_total = 0.0, 0.0
+    begin_passes(tm.model, len(range(rank, len(batches), world)))  # FSDP: sharding.py
     for micro, (batch, ctx_B_T) in enumerate(zip(batches, context_masks, strict=True)):
         if micro % world != rank:
             continue
@@ -200,6 +216,7 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
             context_total += float(ctx_loss.detach())
             loss = loss + weight * ctx_loss
         loss.backward()
+    end_passes(tm.model, tm.pad_id, backward=True)  # FSDP: zero-weight passes up to the busiest process's count
     sum_gradients(accelerator, params)
     total, context_total = sum_values(accelerator, [total, context_total])
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
@@ -216,12 +233,14 @@ def evaluate(tm: Any, views: list[TokenView], batch_size: int, accelerator: Any 
     was_training = tm.model.training
     tm.model.eval()
     nll, n = 0.0, 0
+    begin_passes(tm.model, math.ceil(len(views) / batch_size))  # FSDP: sharding.py
     with torch.no_grad():
         for i in range(0, len(views), batch_size):
             batch = collate(views[i:i + batch_size], tm.pad_id)
             logp_B_T = token_logps(tm.model, batch)
             nll -= float(logp_B_T.sum())
             n += int(batch.mask_B_T.sum())
+        end_passes(tm.model, tm.pad_id, backward=False)
     tm.model.train(was_training)
     nll, n = sum_values(accelerator, [nll, n])
     return nll / max(n, 1)
@@ -266,19 +285,24 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def _save_checkpoint(out: Path, step: int, tm: Any, optimizer: Any, scheduler: Any, keep: int) -> None:
-    """Write into a hidden folder and rename it: a crash mid-write leaves no half checkpoint."""
+    """Write into a hidden folder and rename it: a crash mid-write leaves no half checkpoint. A sharded
+    model's weights and optimizer state are gathered first (every process calls this; the main one writes)."""
     import torch
 
     from genevolve.evolve.model import save_model
 
     final = out / "checkpoints" / f"step-{step:06d}"
     tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if is_main_process(tm.model):
+        shutil.rmtree(tmp, ignore_errors=True)
     save_model(tm, tmp / "model")
+    trainable, optimizer_full = trainable_state(tm.model), optimizer_state(tm.model, optimizer)
+    if not is_main_process(tm.model):
+        return
     state = {
         "step": step,
-        "trainable": {n: p.detach().cpu() for n, p in tm.model.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
+        "trainable": trainable,
+        "optimizer": optimizer_full,
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -297,12 +321,9 @@ def _resume(out: Path, tm: Any, optimizer: Any, scheduler: Any) -> int:
     found = _checkpoints(out)
     if not found:
         return 0
-    state = torch.load(found[-1] / "trainer.pt", weights_only=False)
-    named = dict(tm.model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            named[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    state = torch.load(found[-1] / "trainer.pt", weights_only=False, mmap=True)  # mmap: processes share pages
+    load_trainable_state(tm.model, state["trainable"])
+    load_optimizer_state(tm.model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])

@@ -11,8 +11,10 @@ Example ``sft.yaml`` (a 2-layer Llama trained from scratch with the embedded Smo
       out: runs/sft-tiny
       lr: 1.0e-3
 
-And the paper's setting on a real policy: ``model: {path: Qwen/Qwen3-VL-8B-Instruct, lora: null,
-dtype: bfloat16, device: cuda}`` with the ``sft`` defaults (lr 1e-5, cosine, 2 % warm-up, 2 epochs).
+And the paper's setting on a real policy, a full fine-tune sharded over 8 GPUs: ``model: {path:
+Qwen/Qwen3-VL-8B-Instruct, lora: null, fsdp: true, dtype: float32, fsdp_compute_dtype: bfloat16, device:
+cuda}`` with the ``sft`` defaults (lr 1e-5, cosine, 2 % warm-up, 2 epochs); docs/training.md, "Full
+fine-tuning sharded with FSDP".
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genevolve.config import RunConfig, load_config, read_yaml
 from genevolve.registry import ConfigError
@@ -58,6 +60,23 @@ class ModelSpec(_Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30 % slower")
     freeze_vision: bool = Field(True, description="VLMs: keep the vision tower frozen (the paper does)")
     seed: int = Field(0, description="seed of the random initialisation for from_config")
+    fsdp: bool = Field(False, description="full fine-tune sharded over the launched processes with torch FSDP2: "
+                                          "each GPU holds 1/N of the weights, gradients and AdamW state (an 8B "
+                                          "policy needs it); needs several processes (torchrun or accelerate "
+                                          "launch) and lora: null (genevolve.evolve.sharding)")
+    fsdp_compute_dtype: Literal["bfloat16", "float32"] | None = Field(
+        None, description="with fsdp: forward and backward in this dtype while the sharded weights and AdamW "
+                          "state keep `dtype` (set dtype: float32 with bfloat16 here: at lr 1e-6 most updates "
+                          "are below bfloat16's resolution); null: compute in `dtype`")
+
+    @model_validator(mode="after")
+    def _sharding(self) -> ModelSpec:
+        if self.fsdp and (self.lora is not None or self.adapter is not None):
+            raise ValueError("model.fsdp shards a full fine-tune; LoRA (lora or adapter) is not supported with it "
+                             "(an 8B model with LoRA fits one GPU unsharded)")
+        if self.fsdp_compute_dtype is not None and not self.fsdp:
+            raise ValueError("model.fsdp_compute_dtype applies with fsdp: true only")
+        return self
 
 
 class SFTConfig(_Section):

@@ -55,7 +55,11 @@ class Reply(BaseModel):
     spans of ``text`` that the constraint forced (no choice was left there); empty when unknown.
     ``forced_end``: the end-of-turn token the decoder stopped on was the only token the constraint allowed.
     ``token_ids``: the ids the decoder sampled for ``text`` (end token excluded), when it knows them and
-    they decode to ``text``; a learner scores these rather than a re-tokenisation, which can differ."""
+    they decode to ``text``; a learner scores these rather than a re-tokenisation, which can differ.
+    ``logprobs``: the sampler's log-prob of each of ``token_ids``, then of ``stop_token_id`` when the reply
+    ended on an end token: log-softmax of the model's logits divided by the sampling temperature (1 for
+    greedy), before any constraint mask and top-p, i.e. the distribution a learner scores at that
+    temperature. Empty when unknown; a learner checks its own log-probs against these."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +67,8 @@ class Reply(BaseModel):
     forced: list[tuple[int, int]] = []
     forced_end: bool = False
     token_ids: list[int] = []
+    logprobs: list[float] = []
+    stop_token_id: int | None = None
 
 
 class PolicyError(RuntimeError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from genevolve.policy.base import Constraint, Policy, PolicyError, Reply, Sampling, UnsupportedConstraint
+from genevolve.policy.chat_tokens import ChatEncoder, decode_exact
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
 from genevolve.registry import ConfigError, require
 from genevolve.types import Turn
@@ -260,6 +261,8 @@ class HFPolicy(Policy):
         self.tokenizer = tokenizer
         self.processor = processor  # None for text-only models
         self.accepts_images = vlm if accepts_images is None else accepts_images
+        self.encoder = ChatEncoder(tokenizer, processor, accepts_images=self.accepts_images,
+                                   max_image_side=max_image_side)
         self.name = name
         self.adapter = str(adapter) if adapter is not None else None
         self.max_image_side = max_image_side
@@ -289,17 +292,15 @@ class HFPolicy(Policy):
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def encode(self, turns: list[Turn]) -> Any:
-        """Model inputs (``input_ids``, ``attention_mask``, pixel tensors for VLMs) for ``turns``,
-        on CPU; the same encoding ``achat`` generates from, for scoring code that must match it."""
-        messages, images = self._messages(turns)
-        owner = self.processor if self.processor is not None else self.tokenizer
-        text = owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The template already wrote BOS and friends; do not let the tokenizer add them twice.
-        if self.processor is not None:
-            return self.processor(
-                text=[text], images=images or None, return_tensors="pt", add_special_tokens=False
-            )
-        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        """Model inputs (``input_ids``, ``attention_mask``, pixel tensors for VLMs) for ``turns``, on CPU:
+        what ``achat`` generates from. Built by ``ChatEncoder.prompt``, the encoder a learner's token views
+        use, so earlier assistant turns appear as the ids they were sampled as."""
+        import torch
+        from transformers import BatchFeature
+
+        view = self.encoder.prompt(turns)
+        ids = torch.tensor([view.input_ids], dtype=torch.long)
+        return BatchFeature({"input_ids": ids, "attention_mask": torch.ones_like(ids), **view.extra})
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -355,19 +356,21 @@ class HFPolicy(Policy):
         if getattr(self.model.generation_config, "eos_token_id", None) is None:
             kwargs["eos_token_id"] = self.tokenizer.eos_token_id  # else it would always run to max_tokens
         with torch.inference_mode():
-            out_B_T = self.model.generate(**inputs, logits_processor=processors, **kwargs)
-        new_T = out_B_T[0, inputs["input_ids"].shape[1] :]
+            out = self.model.generate(**inputs, logits_processor=processors, output_logits=True,
+                                      return_dict_in_generate=True, **kwargs)
+        new_T = out.sequences[0, inputs["input_ids"].shape[1] :]
         text = self.tokenizer.decode(new_T, skip_special_tokens=True)
         new_ids = new_T.tolist()
         single = getattr(proc, "single_choice", None)
         stopped = bool(new_ids) and new_ids[-1] in self._end_ids()
         content_ids = new_ids[:-1] if stopped else new_ids
         special = set(self.tokenizer.all_special_ids)
+        logprobs = _sampled_logprobs(out.logits, new_ids, sampling.temperature or 1.0)
         if any(i in special for i in content_ids) or decode_exact(self.tokenizer, content_ids) != text:
-            content_ids = []  # the ids do not reproduce the text one to one
+            content_ids, logprobs = [], []  # the ids do not reproduce the text one to one
         return Reply(text=text, forced=self._forced(new_ids, text, getattr(proc, "forced_bytes", None)),
                      forced_end=stopped and bool(single) and len(single) == len(new_ids) and single[-1],
-                     token_ids=content_ids)
+                     token_ids=content_ids, logprobs=logprobs, stop_token_id=new_ids[-1] if stopped else None)
 
     def _end_ids(self) -> set[int]:
         """Token ids that end generation (the generation config's eos ids, else the tokenizer's)."""
@@ -404,6 +407,14 @@ class HFPolicy(Policy):
         self.model = None
 
 
-def decode_exact(tokenizer: Any, ids: list[int]) -> str:
-    """``ids`` as text exactly: no special tokens dropped, no spaces cleaned up."""
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+def _sampled_logprobs(logits: tuple[Any, ...], ids: list[int], temperature: float) -> list[float]:
+    """log softmax(logits / temperature) of each sampled id: ``generate``'s ``logits`` are the model's raw
+    outputs, before the constraint's mask and the sampler's top-p, so these are the log-probs a learner
+    computes for the same tokens at that temperature (``Reply.logprobs``)."""
+    import torch
+
+    out = []
+    for step_B_V, token in zip(logits, ids, strict=True):
+        row_V = step_B_V[0].float() / temperature
+        out.append(float(row_V[token] - torch.logsumexp(row_V, dim=-1)))
+    return out

@@ -38,6 +38,35 @@ def strip_placeholders(text: str) -> str:
     return _PLACEHOLDER.sub("", _PLACEHOLDER_ONLY_LINE.sub("", text))
 
 
+def visible_images(turns: list[Turn], budget: int | None) -> list[Turn]:
+    """The turns as a policy is shown them: only the newest ``budget`` images stay attached; older ones
+    lose their placeholder (their text lines stay). The agent builds every policy call's context with
+    this, and the learner's token view rebuilds each turn's context with it, so both see the same images.
+    ``None``: no limit."""
+    if budget is None:
+        return list(turns)
+    out: list[Turn] = []
+    for turn in reversed(turns):
+        if turn.images and len(turn.images) > budget:
+            keep = max(budget, 0)
+            content = _drop_placeholders(turn.content, len(turn.images) - keep)
+            turn = turn.model_copy(update={"content": content, "images": turn.images[len(turn.images) - keep:]})
+        budget -= len(turn.images)
+        out.append(turn)
+    return out[::-1]
+
+
+def _drop_placeholders(content: str, n: int) -> str:
+    """Remove the first ``n`` image placeholders (and the space before each)."""
+    for _ in range(n):
+        i = content.find(IMAGE_PLACEHOLDER)
+        if i < 0:
+            break
+        start = i - 1 if i > 0 and content[i - 1] == " " else i
+        content = content[:start] + content[i + len(IMAGE_PLACEHOLDER):]
+    return content
+
+
 def _is_remote(ref: str) -> bool:
     return ref.startswith(("http://", "https://", "data:"))
 
