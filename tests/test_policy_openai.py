@@ -412,3 +412,38 @@ def test_registry_builds_openai_policy(server, key):
     assert "openai" in POLICIES
     policy = build_policy("openai", model="m", base_url=server.url, api_key_env=KEY_ENV)
     assert isinstance(policy, OpenAIPolicy) and policy.name == "openai:m"
+
+
+# -- sampled tokens and log-probs (vLLM's logprobs with return_tokens_as_token_ids) -------------------
+
+
+def with_logprobs(content: str, tokens: list[tuple[str, float]], finish: str = "stop") -> dict:
+    """A completion whose choice carries ``logprobs.content`` as the Chat Completions reference shapes it."""
+    payload = completion(content, "test-model")
+    payload["choices"][0]["finish_reason"] = finish
+    payload["choices"][0]["logprobs"] = {"content": [
+        {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t, lp in tokens]}
+    return payload
+
+
+async def test_logprobs_are_requested_and_recorded(server, key):
+    server.script = [(200, with_logprobs("hi there", [("token_id:17", -0.25), ("token_id:4", -1.5)]), 0.0, {})]
+    reply = await make(server, logprobs=True).areply(TURNS, sampling=Sampling())
+    body = server.bodies()[0]
+    assert body["logprobs"] is True and body["return_tokens_as_token_ids"] is True
+    assert reply.text == "hi there" and reply.token_ids == [17, 4] and reply.logprobs == [-0.25, -1.5]
+    assert reply.stop_token_id is None and reply.truncated is False
+
+
+async def test_truncated_reply_and_tokens_without_ids(server, key):
+    server.script = [(200, with_logprobs("hi", [("token_id:17", -0.25)], finish="length"), 0.0, {}),
+                     (200, with_logprobs("hi", [("hi", -0.25)]), 0.0, {})]
+    policy = make(server, logprobs=True)
+    assert (await policy.areply(TURNS, sampling=Sampling())).truncated is True
+    plain = await policy.areply(TURNS, sampling=Sampling())  # a server that ignored the id option
+    assert plain.token_ids == [] and plain.logprobs == []
+
+
+async def test_logprobs_off_by_default(server, key):
+    reply = await make(server).areply(TURNS, sampling=Sampling())
+    assert "logprobs" not in server.bodies()[0] and reply.logprobs == []

@@ -222,7 +222,8 @@ class Agent:
             traj.n_policy_calls += 1
             traj.turns.append(Turn(role="assistant", content=reply.text, forced=reply.forced,
                                    forced_end=reply.forced_end, token_ids=reply.token_ids,
-                                   logprobs=reply.logprobs, stop_token_id=reply.stop_token_id))
+                                   logprobs=reply.logprobs, stop_token_id=reply.stop_token_id,
+                                   truncated=reply.truncated))
 
             parsed = parse_turn(reply.text, self.tools.keys())
             if parsed.error:

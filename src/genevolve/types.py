@@ -109,6 +109,8 @@ class Turn(_Record):
     logprobs: list[float] = Field(default_factory=list)
     #: assistant turns: the end token the sampler stopped on (None: it stopped for another reason, or unknown)
     stop_token_id: int | None = None
+    #: assistant turns: the token budget ran out, so the policy sampled no end-of-turn token
+    truncated: bool = False
 
     @model_validator(mode="after")
     def _placeholders_match(self) -> Turn:

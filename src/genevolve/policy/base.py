@@ -59,7 +59,8 @@ class Reply(BaseModel):
     ``logprobs``: the sampler's log-prob of each of ``token_ids``, then of ``stop_token_id`` when the reply
     ended on an end token: log-softmax of the model's logits divided by the sampling temperature (1 for
     greedy), before any constraint mask and top-p, i.e. the distribution a learner scores at that
-    temperature. Empty when unknown; a learner checks its own log-probs against these."""
+    temperature. Empty when unknown; a learner checks its own log-probs against these.
+    ``truncated``: the reply ended because the token budget ran out (no end token was sampled)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +70,7 @@ class Reply(BaseModel):
     token_ids: list[int] = []
     logprobs: list[float] = []
     stop_token_id: int | None = None
+    truncated: bool = False
 
 
 class PolicyError(RuntimeError):

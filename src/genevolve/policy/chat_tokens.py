@@ -278,9 +278,9 @@ class ChatEncoder:
                 logps.extend(turn.logprobs[: len(new)] if known else [math.nan] * len(new))
                 end_logp = turn.logprobs[-1] if known and turn.stop_token_id == self._eot_id else math.nan
                 end_forced = self.skip_forced and turn.forced_end
-                # a sampler that recorded its stop token and stopped on another (or on the token budget)
-                # never sampled the template's end-of-turn token: it is context, not a choice to score
-                end_sampled = not turn.logprobs or turn.stop_token_id == self._eot_id
+                # a turn cut by the token budget, or ended on another end token, never sampled the
+                # template's end-of-turn token: it is context, not a choice to score
+                end_sampled = not turn.truncated and turn.stop_token_id in (None, self._eot_id)
                 spans.append((len(ids), len(ids) + len(new)))
                 scored.append(index)
                 ids.extend(new)

@@ -370,7 +370,8 @@ class HFPolicy(Policy):
             content_ids, logprobs = [], []  # the ids do not reproduce the text one to one
         return Reply(text=text, forced=self._forced(new_ids, text, getattr(proc, "forced_bytes", None)),
                      forced_end=stopped and bool(single) and len(single) == len(new_ids) and single[-1],
-                     token_ids=content_ids, logprobs=logprobs, stop_token_id=new_ids[-1] if stopped else None)
+                     token_ids=content_ids, logprobs=logprobs, stop_token_id=new_ids[-1] if stopped else None,
+                     truncated=not stopped and len(new_ids) >= max_new)
 
     def _end_ids(self) -> set[int]:
         """Token ids that end generation (the generation config's eos ids, else the tokenizer's)."""

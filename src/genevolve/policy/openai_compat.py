@@ -34,7 +34,7 @@ from typing import Any, Literal
 import openai
 from openai.types.chat import ChatCompletion
 
-from genevolve.policy.base import Constraint, Policy, PolicyError, Sampling, UnsupportedConstraint
+from genevolve.policy.base import Constraint, Policy, PolicyError, Reply, Sampling, UnsupportedConstraint
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_openai_messages
 from genevolve.registry import ConfigError
 from genevolve.types import Turn
@@ -102,6 +102,21 @@ def request_body(request: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _sampled_tokens(choice: Any) -> tuple[list[int], list[float]]:
+    """Token ids and log-probs of a choice's content, from ``logprobs.content`` entries whose token reads
+    ``token_id:N`` (vLLM's ``return_tokens_as_token_ids``); empty when any entry lacks an id. The stop
+    token is not among them (servers leave it out), so its log-prob stays unknown."""
+    entries = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    ids, logprobs = [], []
+    for entry in entries:
+        token = getattr(entry, "token", "")
+        if not token.startswith("token_id:") or not token[9:].lstrip("-").isdigit():
+            return [], []
+        ids.append(int(token[9:]))
+        logprobs.append(float(entry.logprob))
+    return ids, logprobs
+
+
 def _retry_after(response: Any) -> float | None:
     try:
         return float(response.headers.get("retry-after"))
@@ -125,6 +140,12 @@ class OpenAIPolicy(Policy):
         max_concurrency: requests in flight at once from this policy (per event loop).
         max_image_side: long-side cap, in pixels, for inlined local images.
         backoff_base, backoff_max: seconds; the n-th retry waits about ``base * 2**(n-1)`` (jittered), capped.
+        logprobs: ask for each sampled token's id and log-prob (``logprobs`` and vLLM's
+            ``return_tokens_as_token_ids``; SGLang accepts both too) and record them on the reply, so a
+            learner can check its log-probs against the server's (``evolve.sampler_logps``). vLLM reports
+            the raw model's log-probs (temperature 1) unless started with ``--logprobs-mode
+            processed_logprobs``; a learner sampling at another temperature then sees a gap and corrects
+            for it. Off by default: OpenAI's own API has no token ids.
     """
 
     def __init__(
@@ -142,6 +163,7 @@ class OpenAIPolicy(Policy):
         max_image_side: int = DEFAULT_MAX_SIDE,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        logprobs: bool = False,
     ) -> None:
         if structured not in ("auto", "vllm", "vllm-legacy", "openai", "none"):
             raise ConfigError(f"structured={structured!r}; expected auto, vllm, vllm-legacy, openai or none")
@@ -169,6 +191,7 @@ class OpenAIPolicy(Policy):
         self.max_image_side = max_image_side
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.logprobs = logprobs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -194,6 +217,9 @@ class OpenAIPolicy(Policy):
         if sampling.seed is not None:
             request["seed"] = sampling.seed
         body = self.extra_body
+        if self.logprobs:
+            request["logprobs"] = True
+            body = _merge_body(body, {"return_tokens_as_token_ids": True})
         if constraint is not None:
             fields = constraint_fields(constraint, self.structured)
             body = _merge_body(body, fields.pop("extra_body", {}))
@@ -205,6 +231,11 @@ class OpenAIPolicy(Policy):
     async def achat(
         self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None
     ) -> str:
+        return (await self.areply(turns, sampling=sampling, constraint=constraint)).text
+
+    async def areply(
+        self, turns: list[Turn], *, sampling: Sampling, constraint: Constraint | None = None
+    ) -> Reply:
         request = self.build_request(turns, sampling, constraint)
         client, semaphore = self._client_for_loop()
         async with semaphore:
@@ -212,7 +243,9 @@ class OpenAIPolicy(Policy):
         choices = getattr(response, "choices", None)
         if not choices:
             raise PolicyError(f"{self.name}: {self.base_url} returned no choices for model {self.model!r}")
-        return choices[0].message.content or ""
+        text = choices[0].message.content or ""
+        ids, logprobs = _sampled_tokens(choices[0]) if self.logprobs else ([], [])
+        return Reply(text=text, token_ids=ids, logprobs=logprobs, truncated=choices[0].finish_reason == "length")
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop
