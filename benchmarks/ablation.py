@@ -161,7 +161,7 @@ class Ablation:
         return out / "final"
 
     def evolve(self, arm: str, seed: int, init: Path) -> Path:
-        from genevolve.evolve.loop import latest_checkpoint
+        from genevolve.runfolder import checkpoint_step, latest_checkpoint
 
         out = self.out / f"seed{seed}" / arm
         ev = dict(self.base["evolve"])
@@ -177,7 +177,7 @@ class Ablation:
         cfg = self.write_config(f"{arm}-seed{seed}", {"model": self.model_section(seed), "env": self.env(),
                                                       "evolve": ev})
         last = latest_checkpoint(out)
-        done = last is not None and json.loads((last / "complete.json").read_text())["step"] + 1 >= ev["steps"]
+        done = last is not None and checkpoint_step(last) + 1 >= ev["steps"]
         self.timed(f"{arm}/{seed}/train", done, ["genevolve", "evolve", "--config", str(cfg)])
         return latest_checkpoint(out) / "model"
 
@@ -362,11 +362,11 @@ def _pushes(ab: Ablation, seed: int, top_bundles: int = 3) -> list[dict[str, Any
     from genevolve.agent import agent_system_prompt
     from genevolve.evolve.analysis import teacher_pushes
     from genevolve.evolve.experience import ExperienceBundle
-    from genevolve.evolve.loop import latest_checkpoint
     from genevolve.evolve.model import load_model
     from genevolve.evolve.rollout import Rollout
     from genevolve.evolve.tokens import ChatEncoder
     from genevolve.evolve.train_config import ModelSpec, env_run_config
+    from genevolve.runfolder import latest_checkpoint
     from genevolve.tools import build_tools
 
     run = ab.out / f"seed{seed}" / "ved_kl"

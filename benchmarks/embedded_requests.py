@@ -81,12 +81,18 @@ def row_for(i: int, category: str, request: str, folder: Path, *, resumed: bool)
         "valid": bool(program) and traj.get("stop_reason") == "answer",
         "n_policy_calls": traj.get("n_policy_calls"), "n_tool_calls": traj.get("n_tool_calls"),
         "n_format_errors": traj.get("n_format_errors"), "violations": traj.get("violations", []),
-        "image": (folder / "image.png").is_file(), "render_error": traj.get("meta", {}).get("render_error"),
+        "image": (folder / "image.png").is_file(), "render_error": _render_error(traj.get("meta", {})),
         "seconds": seconds, "timings": traj.get("timings", {}), "resumed": resumed,
         "n_repeated_calls": sum(bool(c.get("repeated")) for c in traj.get("tool_calls", [])),
         "gen_prompt": program.get("gen_prompt"), "prompt_overlap": overlap(request, program.get("gen_prompt")),
         "references": [r.get("title", "") for r in program.get("references", [])],
     }
+
+
+def _render_error(meta: dict[str, Any]) -> str | None:
+    """The renderer's error code (``meta["score_failure"]``; folders written before it: ``meta["render_error"]``)."""
+    failure = meta.get("score_failure") or {}
+    return failure.get("code") if failure.get("failure") == "render_error" else meta.get("render_error")
 
 
 HEADER = (f"{'#':>2s} {'category':10s} {'stop':15s} {'calls':>5s} {'rep':>3s} {'fmt':>3s} {'ovl':>4s} {'img':>3s} "

@@ -1,4 +1,4 @@
-"""Small in-process tools for agent tests (no network)."""
+"""Small in-process tools, renderers and judges for tests (no network)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from pathlib import Path
 from PIL import Image
 from pydantic import Field
 
+from genevolve.judge.base import Judge, JudgeError
+from genevolve.policy.base import Policy
+from genevolve.protocol import format_turn
+from genevolve.render.base import Renderer, RenderError
 from genevolve.tools.base import Tool, ToolArgs, ToolError
 from genevolve.types import Observation, RetrievedImage
 
@@ -71,3 +75,31 @@ class FakeImages(Tool):
             out.append(RetrievedImage(title=f"broken {i}", url=f"https://img.example/broken{i}", path=None,
                                       error="not_an_image"))
         return Observation(text=f"Image results for {args.query!r}:", images=out)
+
+
+class FailingRenderer(Renderer):
+    """Refuses every program, as a content filter would."""
+
+    name = "failing"
+
+    async def arender(self, program, *, seed=0):
+        raise RenderError("refused", "content refused")
+
+
+class FailingJudge(Judge):
+    """Gives no judgement, as a judge server that is down after its retries."""
+
+    name = "failing"
+
+    async def ascore(self, request, image, *, gt_image=None, program=None, meta=None):
+        raise JudgeError("judge server down")
+
+
+class AnswerPolicy(Policy):
+    """Answers at once, the request as the prompt and no reference (with ``AgentConfig(min_references=0)``)."""
+
+    name = "answer"
+
+    async def achat(self, turns, *, sampling, constraint=None):
+        request = next(t.content for t in turns if t.kind == "request")
+        return format_turn("draw it", answer={"gen_prompt": request, "reference_images": []})

@@ -197,6 +197,32 @@ def test_cli_bench_and_report_in_chromium(tmp_path, data):
     assert dom.count('class="generated"') == 5 and dom.count('class="gt"') == 6
 
 
+def test_cli_bench_refuses_a_changed_config_naming_the_keys(tmp_path, data):
+    config = _bench_config(tmp_path, "AnswerPolicy")
+    other = tmp_path / "other.yaml"
+    changed = yaml.safe_load(config.read_text())
+    changed["renderer"]["width"] = 128
+    other.write_text(yaml.safe_dump(changed))
+    out = tmp_path / "run"
+    runner = CliRunner()
+
+    def bench(config_path, *extra):
+        return runner.invoke(app, ["bench", "--data", str(data), "--out", str(out), "--limit", "2",
+                                   "--config", str(config_path), *extra])
+
+    assert bench(config).exit_code == 0
+    refused = bench(other)
+    assert refused.exit_code == 2 and "renderer.width: 256 -> 128" in " ".join(refused.output.split())
+    refused = bench(config, "--seed", "1")  # the agent's sampling seed, which the renders use too
+    assert refused.exit_code == 2 and "agent.sampling.seed: 0 -> 1" in " ".join(refused.output.split())
+    # a stage whose records do not depend on the change may run: the agent stage under another renderer
+    assert bench(other, "--stage", "agent").exit_code == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["renderer"]["width"] == 256
+    resumed = runner.invoke(app, ["bench", "--data", str(data), "--out", str(out), "--config", str(config)])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(_jsonl_ids(out / "scores.jsonl")) == len(REQUESTS)
+
+
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "genevolve bench run" in " ".join(result.output.split())

@@ -167,3 +167,31 @@ def test_broken_user_image_folder_is_reported_not_fatal(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     program = Program.model_validate_json((out / "program.json").read_text())
     assert program.references[0].path.endswith("blue_kite.png")
+
+
+def test_a_config_mistake_is_one_line_that_names_the_key(tmp_path):
+    config = tmp_path / "evolve.yaml"
+    config.write_text(yaml.safe_dump({"evolve": {"data": str(tmp_path / "rl.jsonl"), "alpha": 0.0,
+                                                 "rollout": {"pool": {"workerz": 2}}}}))
+    result = runner.invoke(app, ["evolve", "--config", str(config)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith("error:") and "workerz" in result.output and "Traceback" not in result.output
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+    """A ValueError from a bug is not the user's mistake: the CLI shows where it came from."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import genevolve.evolve.rl_config as rl_config\n"
+            "def bug(*args, **kwargs):\n"
+            "    raise ValueError('a bug, not a user error')\n"
+            "rl_config.load_evolve_config = bug\n"
+            "sys.argv = ['genevolve', 'evolve', '--config', 'evolve.yaml']\n"
+            "from genevolve.cli import main\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" in out.stderr and "ValueError: a bug, not a user error" in out.stderr
+    assert "error: a bug" not in out.stderr  # not turned into a one-line user error

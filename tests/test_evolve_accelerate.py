@@ -63,7 +63,8 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
 
     import yaml
 
-    from genevolve.evolve.loop import EvolveRun, latest_checkpoint
+    from genevolve.evolve.loop import EvolveRun
+    from genevolve.runfolder import latest_checkpoint
     from tests.test_evolve_loop import _comparable, make_config, make_tokenizer
 
     tok_dir = tmp_path / "tok"
@@ -89,8 +90,8 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
     start = {n: p.detach() for n, p in EvolveRun(make_config(tmp_path, tok_dir, tmp_path / "fresh", steps=1),
                                                   progress=False).tm.model.named_parameters()}
-    a = torch.load(latest_checkpoint(tmp_path / "single") / "learner.pt", weights_only=False)["learner"]["trainable"]
-    b = torch.load(latest_checkpoint(tmp_path / "double") / "learner.pt", weights_only=False)["learner"]["trainable"]
+    a = torch.load(latest_checkpoint(tmp_path / "single") / "state.pt", weights_only=False)["learner"]["trainable"]
+    b = torch.load(latest_checkpoint(tmp_path / "double") / "state.pt", weights_only=False)["learner"]["trainable"]
     moved = 0
     for name, value in a.items():
         # Adam's first steps move a weight by up to lr (1e-2) whatever the gradient's size, so entries whose
@@ -101,11 +102,16 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
         moved += int(((value - start[name]).abs() > 1e-3).sum())
     assert moved > 1000  # the step did move the weights
 
+    # Extend the run to two steps: a resumed run must match config.yaml, and `steps` changes the schedule, so
+    # extending means saying so there (docs/training.md, "Resume").
+    saved = yaml.safe_load((tmp_path / "double" / "config.yaml").read_text())
+    saved["evolve"]["steps"] = 2
+    (tmp_path / "double" / "config.yaml").write_text(yaml.safe_dump(saved))
     result = _launch([*command, "--steps", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "double" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1]
-    assert latest_checkpoint(tmp_path / "double").name == "step_000001"
+    assert latest_checkpoint(tmp_path / "double").name == "step-000001"
 
 
 def test_sft_on_two_processes_matches_one_and_resumes(tmp_path):

@@ -128,7 +128,7 @@ def test_fsdp_configurations_that_cannot_run_are_refused(tmp_path):
         load_sft_config(sft_file({"fsdp_compute_dtype": "bfloat16"}))
     assert load_sft_config(sft_file({"fsdp": True, "fsdp_compute_dtype": "bfloat16", "dtype": "float32"})).model.fsdp
     evolve = tmp_path / "evolve.yaml"
-    evolve.write_text(json.dumps({"model": {"fsdp": True}, "evolve": {"data": "x.jsonl"}}))
+    evolve.write_text(json.dumps({"model": {"fsdp": True}, "evolve": {"data": "x.jsonl", "alpha": 0}}))
     with pytest.raises(ConfigError, match="rollout.backend: server"):
         load_evolve_config(evolve)
     with pytest.raises(ConfigError, match="one process"):
@@ -174,9 +174,10 @@ def test_fsdp_evolve_run_matches_one_process_and_resumes(tmp_path):
     resumes from the sharded state and ends with the same weights."""
     import yaml
 
-    from genevolve.evolve.loop import EvolveRun, latest_checkpoint
+    from genevolve.evolve.loop import EvolveRun
     from genevolve.evolve.rl_config import EvolveFile
     from genevolve.protocol import ToolCall, format_turn
+    from genevolve.runfolder import latest_checkpoint
     from tests.loopback_http import LoopbackServer, send_json
     from tests.test_evolve_loop import _comparable, make_config, make_tokenizer
 
@@ -228,8 +229,8 @@ def test_fsdp_evolve_run_matches_one_process_and_resumes(tmp_path):
             json.loads(json.dumps(rest))
         for key in learner_keys:
             assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), (w["step"], key)
-    a = torch.load(latest_checkpoint(tmp_path / "single") / "learner.pt", weights_only=False)["learner"]
-    b = torch.load(latest_checkpoint(out) / "learner.pt", weights_only=False)["learner"]
+    a = torch.load(latest_checkpoint(tmp_path / "single") / "state.pt", weights_only=False)["learner"]
+    b = torch.load(latest_checkpoint(out) / "state.pt", weights_only=False)["learner"]
     assert sorted(a["trainable"]) == sorted(b["trainable"])
     for name, value in a["trainable"].items():  # measured: at most 1.4e-7 apart (Adam, lr 1e-2, two steps)
         torch.testing.assert_close(b["trainable"][name], value, rtol=1e-4, atol=1e-5)

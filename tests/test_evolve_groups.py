@@ -8,13 +8,11 @@ from PIL import Image
 from genevolve.agent import Agent, AgentConfig
 from genevolve.evolve.groups import GroupSampler, Task
 from genevolve.judge.heuristic import HeuristicJudge
-from genevolve.judge.rubric import JudgeError
 from genevolve.judge.sufficiency import SufficiencyScore
 from genevolve.policy.base import Policy
 from genevolve.protocol import ToolCall, format_turn
-from genevolve.render.base import RenderError
 from genevolve.render.collage import CollageRenderer
-from tests.fakes import FakeImages
+from tests.fakes import FailingJudge, FailingRenderer, FakeImages
 
 
 class SeedPolicy(Policy):
@@ -45,16 +43,6 @@ class FixedProgramJudge:
                                 missing=["count"] if not program.gen_prompt.startswith("Three") else [])
 
 
-class FailingJudge(HeuristicJudge):
-    async def ascore(self, request, image, **kw):
-        raise JudgeError("judge server down")
-
-
-class FailingRenderer(CollageRenderer):
-    async def arender(self, program, *, seed=0):
-        raise RenderError("refused", "no")
-
-
 @pytest.fixture
 def tasks(tmp_path):
     gt = CollageRenderer(128, 128)
@@ -74,7 +62,7 @@ def _sampler(folder, tmp_path, **kw):
     policy = SeedPolicy()
     agent = Agent(policy, [FakeImages(folder)], AgentConfig(max_policy_calls=3, structured_decoding=False))
     defaults = dict(agent=agent, renderer=CollageRenderer(128, 128), judge=HeuristicJudge(embeddings=False),
-                    program_judge=FixedProgramJudge(), k=3, images_dir=tmp_path / "images")
+                    program_judge=FixedProgramJudge(), k=3, alpha=0.5, concurrency=4, images_dir=tmp_path / "images")
     return policy, GroupSampler(**{**defaults, **kw})
 
 
@@ -103,7 +91,7 @@ def test_render_and_judge_errors_are_named_failures(tmp_path, tasks):
     folder, items = tasks
     _, sampler = _sampler(folder, tmp_path, renderer=FailingRenderer())
     assert {r.reward.failure for r in asyncio.run(sampler.sample(items[:1], step=0))[0]} == {"render_error"}
-    _, sampler = _sampler(folder, tmp_path, judge=FailingJudge(embeddings=False))
+    _, sampler = _sampler(folder, tmp_path, judge=FailingJudge())
     rollouts = asyncio.run(sampler.sample(items[:1], step=0))[0]
     assert {r.reward.failure for r in rollouts} == {"judge_error"} and all(r.reward.value == 0 for r in rollouts)
 

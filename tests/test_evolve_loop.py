@@ -13,9 +13,10 @@ pytest.importorskip("llguidance")
 
 from PIL import Image  # noqa: E402
 
-from genevolve.evolve.loop import EvolveRun, keep_steps, latest_checkpoint  # noqa: E402
+from genevolve.evolve.loop import EvolveRun  # noqa: E402
 from genevolve.evolve.rl_config import EvolveFile  # noqa: E402
 from genevolve.evolve.train_config import LoraSpec  # noqa: E402
+from genevolve.runfolder import latest_checkpoint  # noqa: E402
 from genevolve.tools.base_search import ImageSearchBackend  # noqa: E402
 from genevolve.types import RetrievedImage  # noqa: E402
 from tests.test_policy_hf import CORPUS, TEMPLATE  # noqa: E402
@@ -119,7 +120,7 @@ def test_steps_learn_write_and_resume_exactly(tmp_path, tok_dir):
     assert len(_lines(ref_out / "trajectories.jsonl")) == 12
     bundles = _lines(ref_out / "experience.jsonl")
     assert bundles and all(b["provenance"]["step"] in (0, 1, 2) for b in bundles)
-    assert latest_checkpoint(ref_out).name == "step_000002"
+    assert latest_checkpoint(ref_out).name == "step-000002"
     assert (latest_checkpoint(ref_out) / "model" / "model.json").is_file()
 
     # A crash during step 2: steps 0-1 checkpointed, step 2's rollouts and bundles partly written,
@@ -154,16 +155,88 @@ def test_advantage_form_and_kl_run(tmp_path, tok_dir):
     assert list((tmp_path / "adv" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_keep_steps_drops_later_steps_and_torn_lines(tmp_path):
-    path = tmp_path / "m.jsonl"
-    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "x": ')
-    assert keep_steps(path, 1) == 2
-    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tok_dir, monkeypatch):
+    """Before any model loads; keys that cannot change the result (save_every, keep_checkpoints, out, ...) may."""
+    import yaml
+
+    from genevolve.evolve import model as model_module
+    from genevolve.registry import ConfigError
+
+    out = tmp_path / "run"
+    EvolveRun(make_config(tmp_path, tok_dir, out, steps=1), progress=False).run()
+    changed = make_config(tmp_path, tok_dir, out, steps=1, lr=1e-3)
+    changed.env["renderer"] = {**changed.env["renderer"], "width": 64}  # the resolved env is compared too
+    with monkeypatch.context() as patched:
+        patched.setattr(model_module, "load_model", lambda *a, **kw: pytest.fail("loaded a model before refusing"))
+        with pytest.raises(ConfigError) as info:
+            EvolveRun(changed, progress=False)
+    message = str(info.value)
+    assert "evolve.lr: 0.01 -> 0.001" in message and "env.renderer.width: 128 -> 64" in message
+    assert "save_every" in message  # among the keys that may change
+    again = EvolveRun(make_config(tmp_path, tok_dir, out, steps=1, save_every=5, keep_checkpoints=3), progress=False)
+    assert again.run() == []  # resumed: step 0 is done
+    assert yaml.safe_load((out / "config.yaml").read_text())["evolve"]["save_every"] == 5
+
+
+def test_sigkill_inside_a_checkpoint_then_rerun_loses_and_repeats_no_record(tmp_path, tok_dir):
+    """A real `genevolve evolve` process SIGKILLed inside the step-1 checkpoint (after step 1 wrote its
+    rollouts, bundles, images and metrics), then the same command again: step 1 is redone from step 0's
+    checkpoint, and every log holds each step's records once."""
+    import signal
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from genevolve.cli import app
+    from tests.sigkill import run_killed
+
+    out = tmp_path / "run"
+    path = tmp_path / "evolve.yaml"
+    path.write_text(yaml.safe_dump(make_config(tmp_path, tok_dir, out, steps=2).model_dump(mode="json")))
+    killed = run_killed("save 2", "evolve", "--config", path)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [0, 1]  # step 1 ran; its checkpoint did not finish
+    result = CliRunner().invoke(app, ["evolve", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 steps run" in result.output  # resumed from step 0's checkpoint
+    metrics = _lines(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1]
+    rollouts = sorted((r["step"], r["group"], r["sample"]) for r in _lines(out / "trajectories.jsonl"))
+    assert rollouts == [(s, g, k) for s in (0, 1) for g in (0, 1) for k in (0, 1)]
+    bundles = _lines(out / "experience.jsonl")
+    assert [sum(b["provenance"]["step"] == s for b in bundles) for s in (0, 1)] == [m["bundles_added"] for m in metrics]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["step_000000", "step_000001"]
 
 
 def test_alpha_without_program_judge_is_a_clear_error(tmp_path, tok_dir):
     with pytest.raises(ValueError, match="program_judge"):
         EvolveRun(make_config(tmp_path, tok_dir, tmp_path / "x", alpha=0.5), progress=False)
+
+
+SERVER_POLICY = {"kind": "openai", "model": "policy", "base_url": "http://127.0.0.1:9/v1"}
+
+
+@pytest.mark.parametrize("evolve, policy, named", [
+    ({"requests_per_step": len(REQUESTS) + 1}, None, "requests_per_step"),
+    ({"eval": {"every": 1, "requests": len(REQUESTS)}}, None, "cannot spare"),
+    ({"rollout": {"backend": "server"}}, None, "kind 'openai'"),
+    ({"rollout": {"backend": "server", "lora_sync": {"servers": ["http://127.0.0.1:9"]}}}, SERVER_POLICY,
+     "model.lora"),
+], ids=["too-few-requests", "no-requests-to-spare", "server-without-openai-policy", "lora-sync-without-lora"])
+def test_configuration_mistakes_are_config_errors_before_the_model_loads(tmp_path, tok_dir, monkeypatch, evolve,
+                                                                        policy, named):
+    from genevolve.evolve import model
+    from genevolve.registry import ConfigError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the configuration was checked")
+
+    monkeypatch.setattr(model, "load_model", no_loading)
+    cfg = make_config(tmp_path, tok_dir, tmp_path / "x", **evolve)
+    if policy is not None:
+        cfg.env["policy"] = policy
+    with pytest.raises(ConfigError, match=named):
+        EvolveRun(cfg, progress=False)
 
 
 def test_server_rollouts_publish_each_adapter_and_switch_model(tmp_path, tok_dir):
@@ -231,13 +304,13 @@ def test_a_failure_on_the_main_process_stops_the_others(tmp_path, tok_dir, monke
 
 def test_evaluation_holds_requests_out_and_repeats_its_seeds(tmp_path, tok_dir):
     out = tmp_path / "eval"
-    cfg = make_config(tmp_path, tok_dir, out, steps=2, requests_per_step=1, lr=1e-12,
+    cfg = make_config(tmp_path, tok_dir, out, steps=3, requests_per_step=1, lr=1e-12,
                       eval={"every": 1, "requests": 2, "k": 2})
     run = EvolveRun(cfg, progress=False)
     held = {t.request for t in run.eval_tasks}
     assert len(held) == 2 and held.isdisjoint({t.request for t in run.tasks})
     assert len(run.tasks) == len(REQUESTS) - 2
-    run.run()
+    run.run(steps=2)  # stopped after two of the three steps
     records = _lines(out / "eval.jsonl")
     assert [r["step"] for r in records] == [-1, 0, 1]  # before training, then after every step
     assert all(r["rollouts"] == 4 for r in records)

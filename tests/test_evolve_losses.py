@@ -102,6 +102,9 @@ def test_sft_loss_is_masked_token_mean():
     zero = sft_loss(logp.requires_grad_(), torch.zeros(2, 3))
     assert zero.item() == 0.0
     zero.backward()  # no masked token still leaves a usable graph
+    # micro-batches of one step, each divided by the step's token count, add up to the step's token mean
+    halves = [sft_loss(logp[b:b + 1], mask[b:b + 1], n_tokens=3) for b in (0, 1)]
+    assert sum(h.item() for h in halves) == pytest.approx(sft_loss(logp, mask).item())
 
 
 # -- group_advantages -----------------------------------------------------------------------------

@@ -13,13 +13,14 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from genevolve.evolve.model import load_model  # noqa: E402
-from genevolve.evolve.sft import cosine_with_warmup, evaluate, run_sft  # noqa: E402
+from genevolve.evolve.sft import evaluate, run_sft  # noqa: E402
 from genevolve.evolve.sft_data import micro_batches  # noqa: E402
 from genevolve.evolve.tokens import ChatEncoder  # noqa: E402
 from genevolve.evolve.train_config import ModelSpec, SFTFile  # noqa: E402
 from genevolve.policy.base import Sampling  # noqa: E402
 from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.registry import ConfigError  # noqa: E402
+from genevolve.runfolder import cosine_with_warmup  # noqa: E402
 from tests.test_policy_hf import llava, make_llama, make_tokenizer  # noqa: E402, F401
 
 TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -144,10 +145,55 @@ def test_resume_continues_exactly(tmp_path, tok_dir, data):
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == [
         "step-000002", "step-000004"]
     # A different config refuses to resume; --fresh starts over.
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="sft.lr"):
         run_sft(config(out, data, model, max_steps=4, lr=1e-3), progress=False)
     again = run_sft(config(out, data, model, max_steps=2, lr=1e-3), fresh=True, progress=False)
     assert again.resumed_from == 0 and [x["step"] for x in metric_lines(out) if x["kind"] == "train"] == [1, 2]
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tok_dir, data):
+    model = {"path": str(tok_dir), "from_config": TINY}
+    out = tmp_path / "run"
+    run_sft(config(out, data, model, max_steps=2), progress=False)
+    with pytest.raises(ConfigError) as info:
+        run_sft(config(out, data, model, max_steps=3, lr=1e-3), progress=False)
+    message = str(info.value)
+    assert "sft.lr: 0.01 -> 0.001" in message and "sft.max_steps: 2 -> 3" in message and "--fresh" in message
+    # keys that cannot change the result may change: the run resumes (here with nothing left to do)
+    again = run_sft(config(out, data, model, max_steps=2, eval_every=1, save_every=5, keep_checkpoints=3),
+                    progress=False)
+    assert again.resumed_from == 2 and [x["step"] for x in metric_lines(out) if x["kind"] == "train"] == [1, 2]
+
+
+@pytest.mark.parametrize("kill_at", ["fsync 6", "save 2"])
+def test_sigkill_mid_run_then_rerun_loses_and_repeats_no_step(tmp_path, tok_dir, data, kill_at):
+    """A real `genevolve sft` process killed with SIGKILL, then the same command again. ``fsync 6``: while it
+    writes the step-4 eval line (torn), after the step-3 checkpoint; ``save 2``: inside the step-6 checkpoint,
+    before it is complete. The rerun resumes from step 3 and ends with an uninterrupted run's metrics."""
+    import signal
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from genevolve.cli import app
+    from tests.sigkill import run_killed
+
+    model, settings = {"path": str(tok_dir), "from_config": TINY}, {"epochs": 4, "max_steps": 8, "save_every": 3}
+    run_sft(config(tmp_path / "ref", data, model, **settings), progress=False)
+    out = tmp_path / "run"
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config(out, data, model, **settings).model_dump(mode="json")))
+    killed = run_killed(kill_at, "sft", "--config", path)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (out / "final").exists()
+    result = CliRunner().invoke(app, ["sft", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "resumed from step 3" in result.output
+    got, want = metric_lines(out), metric_lines(tmp_path / "ref")
+    assert [(x["step"], x["kind"]) for x in got] == [(x["step"], x["kind"]) for x in want]  # each step once
+    for a, b in zip(got, want, strict=True):  # the same numbers (float noise aside: one part ran in another process)
+        assert {k: v for k, v in a.items() if k != "kind"} == pytest.approx({k: v for k, v in b.items() if k != "kind"},
+                                                                             rel=1e-5)
 
 
 def test_lora_trains_only_the_adapter(tmp_path, base_dir, data):

@@ -229,14 +229,25 @@ def test_teacher_logps_score_the_student_tokens_under_another_system(tok):
     teacher = enc.view(TURNS, system="You are a planner.\n# Current-task decision guide\n- search the subject")
     assert teacher.assistant_ids == student.assistant_ids and len(teacher) > len(student)
     assert enc.view(with_system(TURNS[1:], "guide")).input_ids == enc.view(TURNS, system="guide").input_ids
-    out = teacher_logps(model, [student, student], [teacher, None], tok.pad_token_id)
+    calls = []
+
+    def score(views):  # the learner's no-grad pass, one micro-batch
+        calls.append(len(views))
+        if not views:
+            return []
+        with torch.no_grad():
+            scored = token_logps(model, collate(views, tok.pad_token_id))
+        return [scored[b, : len(v)] for b, v in enumerate(views)]
+
+    out = teacher_logps(score, [student, student], [teacher, None])
     s_pos, t_pos = aligned_positions(student, teacher)
     want = reference_logps(model, teacher.input_ids, teacher.mask)
-    assert out[0, s_pos].tolist() == pytest.approx([want[t] for t in t_pos], abs=1e-5)
-    assert out[1].abs().sum() == 0  # no bundle, no teacher signal
-    assert not out.requires_grad
+    assert out[0].shape == (len(student),) and out[0][s_pos].tolist() == pytest.approx([want[t] for t in t_pos], abs=1e-5)
+    assert not out[0][[t for t in range(len(student)) if t not in s_pos]].any()  # 0 off the student's mask
+    assert out[1] is None  # no bundle, no teacher signal
     plain = reference_logps(model, student.input_ids, student.mask)
-    assert out[0, s_pos].tolist() != pytest.approx([plain[t] for t in s_pos], abs=1e-5)  # context matters
+    assert out[0][s_pos].tolist() != pytest.approx([plain[t] for t in s_pos], abs=1e-5)  # context matters
+    assert teacher_logps(score, [student], [None]) == [None] and calls == [1, 0]  # scored once, even with no teacher
     changed = [*TURNS[:4], Turn(role="assistant", content="<think>other</think>")]
     with pytest.raises(TokenViewError, match="differ"):
         aligned_positions(student, enc.view(changed))

@@ -46,7 +46,7 @@ def env(tmp_path_factory):
         "renderer": {"kind": "collage", "width": 128, "height": 128},
         "judge": {"kind": "heuristic", "embeddings": False},
         "agent": {"max_policy_calls": 3, "structured_decoding": False},
-        "k": 3, "alpha": 0.0,
+        "k": 3, "alpha": 0.0, "concurrency": 4,
     }
     tasks = [Task(f"t{i}", f"{n} red apples on the left", str(gt)) for i, n in enumerate(["Three", "Two", "One",
                                                                                         "Four", "Five"])]
@@ -82,8 +82,8 @@ def test_split_is_contiguous_even_and_complete():
 
 def test_local_pool_matches_the_group_sampler(env):
     root, spec, tasks = env
-    run = RunConfig.model_validate({k: v for k, v in spec.items() if k not in ("k", "alpha")})
-    from_run = EnvSpec.from_run_config(run, k=3, alpha=0.0, images_dir=str(root / "direct"))
+    run = RunConfig.model_validate({k: v for k, v in spec.items() if k not in ("k", "alpha", "concurrency")})
+    from_run = EnvSpec.from_run_config(run, k=3, alpha=0.0, concurrency=4, images_dir=str(root / "direct"))
     assert from_run == EnvSpec.model_validate(with_dir(spec, root / "direct"))
     direct = asyncio.run(build_sampler(from_run).sample(tasks, step=4))
     pool = RolloutPool(with_dir(spec, root / "pool"), {"workers": 3})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from genevolve.registry import ConfigError, MissingDependency
 
@@ -19,12 +22,38 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}")
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {escape(message)}")
     raise typer.Exit(code)
 
 
+def _user_error_types() -> tuple[type[Exception], ...]:
+    """Exceptions that are the user's to fix: configuration, input data, the run folder, a missing extra.
+    Anything else (a ValueError from a bug included) is the program's fault."""
+    from genevolve.bench.datasets import DatasetError
+    from genevolve.bench.store import RunFolderError
+    from genevolve.skills import SkillFileError
+
+    return (ConfigError, MissingDependency, DatasetError, RunFolderError, SkillFileError)
+
+
+def _user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """A command whose user errors print as one line (exit status 2); other exceptions keep their traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, _user_error_types()):
+                _fail(str(exc))
+            raise
+
+    return run
+
+
 @app.command()
+@_user_errors
 def run(
     request: Annotated[str, typer.Argument(help="what to draw, in words")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for trajectory.json and program.json")] = Path("runs/last"),
@@ -72,12 +101,9 @@ def run(
     sampling = {k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None}
     if sampling:
         overrides["agent"]["sampling"] = sampling
-    try:
-        cfg = load_config(config, overrides)
-        agent = build_agent(cfg)
-        renderer = build_renderer(cfg)
-    except (ConfigError, MissingDependency) as exc:
-        _fail(str(exc))
+    cfg = load_config(config, overrides)
+    agent = build_agent(cfg)
+    renderer = build_renderer(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(_dump_config(cfg), encoding="utf-8")
     with console.status(f"running {agent.policy.name}…", spinner="dots"):
@@ -86,8 +112,8 @@ def run(
     (print_outcome if quiet else print_trajectory)(traj, console)
     written = ["trajectory.json"] + (["program.json"] if traj.program else []) + (["image.png"] if outcome.image_path else [])
     console.print(f"wrote {', '.join(str(out / w) for w in written)}")
-    if outcome.render and "error" in outcome.render:
-        err.print(f"[red]rendering failed:[/red] {outcome.render['message']}")
+    if outcome.failure is not None:
+        err.print(f"[red]{outcome.failure.failure}:[/red] {escape(outcome.failure.detail)}")
     if traj.program is None or (renderer is not None and outcome.image_path is None):
         raise typer.Exit(1)
 
@@ -100,6 +126,7 @@ DEMO_REQUESTS = [
 
 
 @app.command()
+@_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the samples and index.html")] = Path("runs/demo"),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (default: embedded stack)")] = None,
@@ -111,11 +138,8 @@ def demo(
     from genevolve.html_report import write_page
     from genevolve.pipeline import solve
 
-    try:
-        cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
-        agent, renderer, judge = build_agent(cfg), build_renderer(cfg), build_judge(cfg)
-    except (ConfigError, MissingDependency) as exc:
-        _fail(str(exc))
+    cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
+    agent, renderer, judge = build_agent(cfg), build_renderer(cfg), build_judge(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(_dump_config(cfg), encoding="utf-8")
     samples = []
@@ -129,6 +153,7 @@ def demo(
             outcome = asyncio.run(solve(agent, request, folder, renderer=renderer, judge=judge, seed=seed))
         t = outcome.trajectory
         score = f" · score {outcome.score.overall:.2f}" if outcome.score else ""
+        score += f" · {escape(outcome.failure.reason)}" if outcome.failure else ""
         console.print(f"{'[green]✓' if outcome.ok else '[red]✗'}[/] {name}: {t.stop_reason} · "
                       f"{t.n_tool_calls} tool calls · {t.timings.get('total', 0):.0f} s{score}")
     page = write_page(out, samples, title="genevolve demo",
@@ -145,6 +170,7 @@ def _dump_config(cfg: Any) -> str:
 
 
 @app.command()
+@_user_errors
 def bench(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="dataset file or folder: GenEvolve-Bench/Data jsonl or parquet, WISE json, plain jsonl/txt requests; needed for --stage agent/all")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder; rerunning the same command resumes it")] = Path("runs/bench"),
@@ -158,9 +184,9 @@ def bench(
     """Benchmark: agent -> render -> judge over a dataset; writes OUT/*.jsonl, images/, summary.json/csv.
 
     Each stage appends one fsynced record per item, so a killed run resumes where it stopped."""
-    from genevolve.bench.datasets import DatasetError, load_dataset
+    from genevolve.bench.datasets import load_dataset
     from genevolve.bench.runner import STAGES, Backends, BenchRun
-    from genevolve.bench.store import RunFolderError
+    from genevolve.bench.store import save_stage_config
     from genevolve.bench.summary import write_summary
     from genevolve.config import build_agent, build_judge, build_renderer, load_config
 
@@ -168,25 +194,20 @@ def bench(
         _fail(f"--stage must be one of {', '.join(STAGES)} or all, got {stage!r}")
     if data is None and stage in ("agent", "all"):
         _fail(f"--stage {stage} needs --data (a dataset file or folder)")
-    try:
-        dataset = load_dataset(data, skip_bad=skip_bad, limit=limit) if data is not None else None
-        cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
-        stages = STAGES if stage == "all" else (stage,)
-        backends = Backends(agent=build_agent(cfg) if "agent" in stages else None,
-                            renderer=build_renderer(cfg) if "render" in stages else None,
-                            judge=build_judge(cfg) if "judge" in stages else None)
-    except (ConfigError, MissingDependency, DatasetError) as exc:
-        _fail(str(exc))
+    dataset = load_dataset(data, skip_bad=skip_bad, limit=limit) if data is not None else None
+    cfg = load_config(config, {"agent": {"sampling": {"seed": seed}}})
+    stages = STAGES if stage == "all" else (stage,)
+    for side in save_stage_config(out, json.loads(cfg.model_dump_json()), stages):  # refuses a changed config
+        err.print(f"[yellow]note:[/yellow] {out / 'config.yaml'} differs from this run's config; saved this one as {side}")
+    backends = Backends(agent=build_agent(cfg) if "agent" in stages else None,
+                        renderer=build_renderer(cfg) if "render" in stages else None,
+                        judge=build_judge(cfg) if "judge" in stages else None)
     if dataset is not None and dataset.skipped:
         err.print(f"[yellow]skipped {len(dataset.skipped)} bad rows[/yellow], first: {dataset.skipped[0]}")
     out.mkdir(parents=True, exist_ok=True)
-    _save_run_config(out, _dump_config(cfg), stage)
     items = dataset.items if dataset is not None else None
-    try:
-        runner = BenchRun(out, backends, items, concurrency=concurrency, seed=seed)
-        asyncio.run(runner.run(stage))
-    except RunFolderError as exc:
-        _fail(str(exc))
+    runner = BenchRun(out, backends, items, concurrency=concurrency, seed=seed)
+    asyncio.run(runner.run(stage))
     if runner.n_exceptions:
         err.print(f"[red]{runner.n_exceptions} items failed with an unexpected exception[/red] "
                   "(recorded as <stage>:exception:<Type> in the stage's jsonl)")
@@ -202,20 +223,8 @@ def bench(
                       f"{STAGES[STAGES.index(stage) + 1]}")
 
 
-def _save_run_config(out: Path, text: str, stage: str) -> None:
-    """config.yaml is the run's resolved config; a stage run with a different one keeps it beside."""
-    from genevolve.types import write_text_atomic
-
-    path = out / "config.yaml"
-    if not path.is_file() or path.read_text(encoding="utf-8") == text:
-        write_text_atomic(path, text)
-    else:
-        other = out / f"config.{stage}.yaml"
-        write_text_atomic(other, text)
-        err.print(f"[yellow]note:[/yellow] {path} differs from this run's config; saved this one as {other}")
-
-
 @app.command()
+@_user_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by genevolve bench")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="page to write (default RUN_DIR/report.html)")] = None,
@@ -223,18 +232,15 @@ def report(
     """Write one self-contained HTML page (embedded thumbnails) for a benchmark run."""
     from genevolve.bench.report import write_report
     from genevolve.bench.runner import LOGS
-    from genevolve.bench.store import RunFolderError
 
     if not any((run_dir / name).is_file() for name in LOGS.values()):
         _fail(f"{run_dir} holds none of {', '.join(LOGS.values())}: is it a genevolve bench run folder?")
-    try:
-        page = write_report(run_dir, out)
-    except RunFolderError as exc:
-        _fail(str(exc))
+    page = write_report(run_dir, out)
     console.print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()
+@_user_errors
 def sft(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML with `model` and `sft` sections (see genevolve.evolve.train_config)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (overrides sft.out); rerunning resumes it")] = None,
@@ -250,12 +256,9 @@ def sft(
     from genevolve.evolve.train_config import load_sft_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("max_steps", max_steps)) if v is not None}
-    try:
-        cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
-        with launched_processes() as accelerator:
-            result = run_sft(cfg, fresh=fresh, config_dir=config.parent, accelerator=accelerator)
-    except (ConfigError, MissingDependency) as exc:
-        _fail(str(exc))
+    cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
+    with launched_processes() as accelerator:
+        result = run_sft(cfg, fresh=fresh, config_dir=config.parent, accelerator=accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return
     if result.resumed_from:
@@ -266,6 +269,7 @@ def sft(
 
 
 @app.command()
+@_user_errors
 def evolve(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML with `model`, `env` and `evolve` sections (see genevolve.evolve.rl_config)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (overrides evolve.out); rerunning resumes it")] = None,
@@ -283,13 +287,10 @@ def evolve(
     from genevolve.evolve.rl_config import load_evolve_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
-    try:
-        cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
-        with launched_processes() as accelerator:
-            run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator)
-            done = run.run()
-    except (ConfigError, MissingDependency, ValueError) as exc:
-        _fail(str(exc))
+    cfg = load_evolve_config(config, {"evolve": overrides} if overrides else None)
+    with launched_processes() as accelerator:
+        run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator)
+        done = run.run()
     if not run.is_main:
         return
     if done:
@@ -322,6 +323,7 @@ app.add_typer(world_app, name="world")
 
 
 @serve_app.command("render")
+@_user_errors
 def serve_render(
     backend: Annotated[str, typer.Option(help="renderer kind: collage, qwen_image_edit, flux_kontext, …")] = "collage",
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -341,11 +343,9 @@ def serve_render(
         if not sep or not key:
             _fail(f"--option {item!r}: expected KEY=VALUE")
         options[key] = yaml.safe_load(value)
-    try:
-        renderer = build(RENDERERS, backend, "renderer", **options)
-        from genevolve.render.http_service import serve
-    except (ConfigError, MissingDependency) as exc:
-        _fail(str(exc))
+    renderer = build(RENDERERS, backend, "renderer", **options)
+    from genevolve.render.http_service import serve
+
     console.print(f"serving renderer {renderer.name} on http://{host}:{port}/generate")
     serve(renderer, host=host, port=port, max_concurrency=max_concurrency)
 

@@ -58,3 +58,54 @@ def print_outcome(traj: Trajectory, console: Console | None = None) -> None:
             table.add_row(f"reference {i}", f"{ref.img_id} {ref.title!r} → {ref.path}  [{ref.note}]")
     console.print(Panel(table, title="program" if traj.program else "no program",
                         border_style="green" if traj.program else "red"))
+
+
+class Progress:
+    """The progress display of long commands (``genevolve sft``, ``evolve``, ``bench``): rich bars, one per
+    task, with log lines printed above them, on stderr.
+
+    Off a terminal (a log file, a pipe, CI, a test) the bars stay quiet: nothing but the log lines, as
+    plain text, one per ``line`` call (a training job's log keeps its per-step lines). ``enabled=False``
+    is silent altogether (the non-main processes of a multi-process run; library callers).
+
+        with Progress() as progress:
+            steps = progress.task("sft", total=100, completed=40)   # resumed at 40
+            progress.advance(steps, info="loss 0.4123")
+            progress.line("eval loss 0.52")
+    """
+
+    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bars
+
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self._bars = Bars(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
+                          disable=not (enabled and self.console.is_terminal))
+
+    def __enter__(self) -> Progress:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def task(self, name: str, *, total: int, completed: int = 0) -> int:
+        """A bar for ``total`` units, ``completed`` of them already done (a resumed run)."""
+        return self._bars.add_task(name, total=total, completed=completed, info="")
+
+    def advance(self, task: int, n: int = 1, *, info: str | None = None) -> None:
+        """``n`` more units of ``task`` done; ``info`` replaces the text after the bar."""
+        self._bars.update(task, advance=n, **({"info": info} if info is not None else {}))
+
+    def line(self, text: str) -> None:
+        """One log line (above the bars on a terminal)."""
+        if self.enabled:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)

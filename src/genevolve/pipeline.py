@@ -3,10 +3,11 @@
 DIR/trajectory.json   every turn, tool call, retrieved image, and why the rollout stopped
 DIR/program.json      the validated program (only when there is one)
 DIR/image.png         the rendered image (only when a renderer is configured and rendering worked)
-DIR/render.json       renderer metadata (the collage renderer's manifest of what it drew) or the error
-DIR/score.json        the judge's score (only when a judge is given)
+DIR/render.json       renderer metadata (the collage renderer's manifest of what it drew) or its failure
+DIR/score.json        the judge's score (only when a judge is given and judging worked)
 Failures are recorded in these files, never raised: a bad request or a failing backend costs one
-sample, not the run.
+sample, not the run. A render or judge failure is the ``ScoreFailure`` of genevolve.scoring, kept in
+trajectory.json as ``meta["score_failure"]``, as RL rollouts keep it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from genevolve.agent import Agent
 from genevolve.judge.base import Judge, Score
-from genevolve.render.base import Renderer, RenderError
+from genevolve.render.base import Renderer
+from genevolve.scoring import ScoreFailure, score_program
 from genevolve.types import Trajectory, write_text_atomic
 
 
@@ -28,6 +30,7 @@ class Outcome:
     image_path: Path | None = None
     render: dict[str, Any] | None = None
     score: Score | None = None
+    failure: ScoreFailure | None = None  # rendering or judging failed
 
     @property
     def ok(self) -> bool:
@@ -41,20 +44,18 @@ async def solve(agent: Agent, request: str, out: Path, *, renderer: Renderer | N
     traj = await agent.arun(request, id=id, meta=meta)
     outcome = Outcome(traj)
     if traj.program is not None and renderer is not None:
-        try:
-            result = await renderer.arender(traj.program, seed=seed)
-        except RenderError as exc:
-            outcome.render = {"renderer": renderer.name, "error": exc.code, "message": exc.message}
-            traj.meta["render_error"] = exc.code
-        else:
+        scored = await score_program(request, traj.program, renderer=renderer, judge=judge, gt_image=gt_image,
+                                     seed=seed, save_to=out / "image.png")
+        outcome.render, outcome.score, outcome.failure = dict(scored.meta), scored.score, scored.failure
+        if scored.image is not None:
             outcome.image_path = out / "image.png"
-            result.image.save(outcome.image_path)
-            outcome.render = {"renderer": renderer.name, **result.meta}
             traj.backends["renderer"] = renderer.name
-            if judge is not None:
-                outcome.score = await judge.ascore(request, result.image, gt_image=gt_image,
-                                                   program=traj.program, meta=result.meta)
-                traj.backends["judge"] = judge.name
+        if scored.score is not None:
+            traj.backends["judge"] = judge.name  # type: ignore[union-attr]  # a score means a judge
+        if scored.failure is not None:
+            scored.failure.record(traj)
+            if scored.image is None:
+                outcome.render.update(scored.failure.model_dump(mode="json"))
     traj.save(out / "trajectory.json")
     if traj.program is not None:
         write_text_atomic(out / "program.json", traj.program.model_dump_json(indent=2))

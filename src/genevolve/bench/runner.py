@@ -9,10 +9,12 @@ runs/NAME/
 
 Every record is fsynced before the next starts, so a kill loses at most the items in flight; a rerun
 skips every id already in a stage's log (``failure`` records included: a failure is a result, not a
-gap). ``failure`` is ``"<stage>:<code>"`` (``agent:no_answer``, ``render:render_error:timeout``,
-``judge:exception:ValueError``); a downstream stage copies an upstream failure unchanged, and the
-item scores 0 in ``overall_missing_zero``. Unexpected exceptions in a backend are recorded the same
-way (as ``<stage>:exception:<Type>``) rather than ending a 600-item run; their count is printed.
+gap). ``failure`` is ``"<stage>:<reason>"`` (``agent:no_answer``, ``render:render_error:timeout``,
+``judge:judge_error``: render and judge failures are genevolve.scoring's ``ScoreFailure.reason``, as RL
+rewards name them); a downstream stage copies an upstream failure unchanged, and the item scores 0 in
+``overall_missing_zero``. Unexpected exceptions in a backend are recorded the same way (as
+``<stage>:exception:<Type>``, e.g. ``judge:exception:ValueError``) rather than ending a 600-item run;
+their count is printed.
 
 Stages can run alone (``stage="render"`` reads trajectories.jsonl, ``"judge"`` reads renders.jsonl), so
 rollouts, rendering and judging can run on different machines sharing the run folder.
@@ -24,7 +26,6 @@ import asyncio
 import json
 import re
 import time
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from PIL import Image
 
 from genevolve.bench.datasets import BenchItem
 from genevolve.bench.store import JsonlLog, RunFolderError
+from genevolve.display import Progress
+from genevolve.scoring import Scored, judge_rendered, render_program
 from genevolve.types import Program
 
 STAGES = ("agent", "render", "judge")
@@ -106,8 +109,8 @@ class BenchRun:
         items = self.work_items(stages[0])
         (self.out / "images").mkdir(parents=True, exist_ok=True)
         sem = asyncio.Semaphore(self.concurrency)
-        with _progress(self.progress) as bar:
-            tasks = {s: bar.add_task(s, total=len(items), completed=sum(i.id in self.logs[s] for i in items))
+        with Progress(self.progress) as bar:
+            tasks = {s: bar.task(s, total=len(items), completed=sum(i.id in self.logs[s] for i in items))
                      for s in stages}
 
             async def one(item: BenchItem) -> None:
@@ -143,25 +146,15 @@ class BenchRun:
             record.update(failure=f"agent:{traj.stop_reason}", detail=traj.failure)
 
     async def _render(self, item: BenchItem, upstream: dict[str, Any], record: dict[str, Any]) -> None:
-        from genevolve.render.base import RenderError
-
         program = Program.model_validate(upstream["trajectory"]["program"])
         record["program"] = program.model_dump()
-        renderer = self.backends.renderer
-        try:
-            result = await renderer.arender(program, seed=self.seed)
-        except RenderError as exc:
-            record.update(failure=f"render:render_error:{exc.code}", detail=exc.message,
-                          render={"renderer": renderer.name})
-            return
         rel = f"images/{image_name(item.id)}"
-        tmp = self.out / "images" / f".{uuid.uuid4().hex[:8]}.png"
-        result.image.save(tmp)
-        tmp.replace(self.out / rel)
-        # stored as JSON, and handed to the judge in that same form, so that judging in this process
-        # and judging later from renders.jsonl give the same score
-        meta = json.loads(json.dumps({"renderer": renderer.name, **result.meta}, default=str))
-        record.update(ok=True, image=rel, render=meta)
+        rendered = await render_program(self.backends.renderer, program, seed=self.seed, save_to=self.out / rel)
+        record["render"] = rendered.meta  # the JSON form: the judge stage hands it to the judge as it is
+        if rendered.failure is not None:
+            record.update(failure=f"render:{rendered.failure.reason}", detail=rendered.failure.detail)
+        else:
+            record.update(ok=True, image=rel)
 
     async def _judge(self, item: BenchItem, upstream: dict[str, Any], record: dict[str, Any]) -> None:
         image_path = self.out / upstream["image"]
@@ -179,36 +172,9 @@ class BenchRun:
                 record.update(failure="judge:gt_unreadable", detail=f"{item.gt_image}: {exc}")
                 return
         program = Program.model_validate(upstream["program"]) if upstream.get("program") else None
-        score = await self.backends.judge.ascore(item.request, image, gt_image=gt, program=program,
-                                                 meta=upstream.get("render") or {})
-        record.update(ok=True, score=json.loads(score.model_dump_json()))
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def add_task(self, *a: Any, **kw: Any) -> int:
-        return 0
-
-    def advance(self, *a: Any) -> None:
-        return None
-
-
-def _progress(show: bool):
-    if not show:
-        return _NoBar()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn())
+        judged = await judge_rendered(self.backends.judge, item.request, Scored(image, upstream.get("render") or {}),
+                                      gt_image=gt, program=program)
+        if judged.failure is not None:
+            record.update(failure=f"judge:{judged.failure.reason}", detail=judged.failure.detail)
+        else:
+            record.update(ok=True, score=json.loads(judged.score.model_dump_json()))

@@ -1,69 +1,46 @@
-"""Append-only JSONL logs that survive a kill: one record a line, each flushed and fsynced.
+"""A benchmark run folder's logs and config, on ``genevolve.runfolder``.
 
-A process killed mid-write leaves at most one torn last line (no trailing newline, or not JSON);
-``JsonlLog.load`` drops it and truncates the file back to the last complete record, so the next
-append starts on a clean line. A bad line anywhere else is corruption and raises.
+Each stage appends to its own ``runfolder.JsonlLog`` (one fsynced record a line; a torn last line is cut off
+on reading), indexed here by item id: a rerun skips every id already logged.
+
+``config.yaml`` is the resolved config of the run; a stage run alone with a config whose keys for that
+stage differ (``STAGE_KEYS``: the render stage on another machine with its own renderer) keeps its config
+beside it as ``config.<stage>.yaml``. Resuming a stage whose log already holds records under a config that
+changes that stage's keys is refused (``save_stage_config``): its records would mix two setups.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genevolve import runfolder
+from genevolve.runfolder import RunFolderError  # noqa: F401  (raised by the stages; the CLI catches it from here)
 
-class RunFolderError(ValueError):
-    """The run folder's files are not what this command expects."""
+#: the config keys that the render and judge stages' records depend on (the render seed is the sampling
+#: seed); the agent stage's records depend on every other key
+STAGE_KEYS = {"render": ("renderer", "agent.sampling.seed"), "judge": ("judge",)}
 
 
-class JsonlLog:
+class JsonlLog(runfolder.JsonlLog):
+    """A stage's log: its records by item id (the latest per id wins)."""
+
     def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}  # id -> latest record
-        self.dropped_torn_line = False
+        super().__init__(path)
+        self.records: dict[str, dict[str, Any]] = {}
 
     def load(self) -> JsonlLog:
-        """Read every record (the latest per id wins); repair a torn last line."""
-        if not self.path.is_file():
-            return self
-        data = self.path.read_bytes()
-        good_end = 0
-        lines = data.split(b"\n")
-        for n, raw in enumerate(lines):
-            complete = n < len(lines) - 1  # followed by a newline
-            if not raw.strip():
-                good_end += len(raw) + complete
-                continue
-            try:
-                record = json.loads(raw)
-                if not complete or not isinstance(record, dict) or "id" not in record:
-                    raise ValueError("incomplete record")
-            except ValueError:
-                if n >= len(lines) - 2 and not any(x.strip() for x in lines[n + 1:]):
-                    self._truncate(good_end)
-                    break
-                raise RunFolderError(f"{self.path}:{n + 1}: not a JSON record; the file is corrupt "
-                                     "(only a torn last line is repaired)") from None
+        """Read every record (repairing a torn last line)."""
+        for record in self.read():
+            if "id" not in record:
+                raise RunFolderError(f"{self.path}: a record without an id: {str(record)[:200]}")
             self.records[str(record["id"])] = record
-            good_end += len(raw) + 1
         return self
 
-    def _truncate(self, size: int) -> None:
-        self.dropped_torn_line = True
-        with open(self.path, "r+b") as fh:
-            fh.truncate(size)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any]) -> None:  # type: ignore[override]
         """Write one record durably before returning (the caller relies on it surviving a kill)."""
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        super().append(record)
         self.records[str(record["id"])] = record
 
     def __contains__(self, item_id: str) -> bool:
@@ -71,3 +48,42 @@ class JsonlLog:
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         return self.records.get(item_id)
+
+
+def stage_keys(stage: str, config: dict[str, Any]) -> list[str]:
+    """The keys of ``config`` that ``stage``'s records depend on."""
+    if stage in STAGE_KEYS:
+        return list(STAGE_KEYS[stage])
+    return [key for key in config if key not in ("renderer", "judge")]
+
+
+def save_stage_config(out: Path, config: dict[str, Any], stages: Sequence[str]) -> list[Path]:
+    """Refuse ``config`` for a stage whose log holds records made under other values of its keys (a
+    ConfigError names them), then save it: as ``config.yaml`` while the run has no record, else as
+    ``config.<stage>.yaml`` for each stage run whose keys differ from config.yaml's. Returns those side files."""
+    from genevolve.bench.runner import LOGS
+    from genevolve.config import RunConfig
+
+    def normalise(saved: dict[str, Any]) -> dict[str, Any]:
+        return RunConfig.model_validate(saved).model_dump(mode="json")
+
+    out = Path(out)
+    main = out / runfolder.CONFIG
+    started = {stage for stage, name in LOGS.items() if JsonlLog(out / name).read()}
+    for stage in started.intersection(stages):
+        side = out / f"config.{stage}.yaml"
+        runfolder.check_config(side if side.is_file() else main, config, command=f"benchmark ({stage} stage)",
+                               only=stage_keys(stage, config), normalise=normalise, hint="choose another --out")
+    if not started or not main.is_file():
+        for stage in LOGS:
+            (out / f"config.{stage}.yaml").unlink(missing_ok=True)
+        runfolder.save_config(out, config)
+        return []
+    saved, written = runfolder.read_config(main, normalise), []
+    for stage in stages:
+        side = out / f"config.{stage}.yaml"
+        if runfolder.config_changes(saved, config, only=stage_keys(stage, config)):
+            written.append(runfolder.save_config(out, config, side.name))
+        else:
+            side.unlink(missing_ok=True)
+    return written

@@ -3,6 +3,8 @@
 ``GroupSampler.sample(tasks, step=...)`` returns one list of ``Rollout`` per task, in task order, each of
 length K. A rollout never raises out of here: a protocol failure, a render error or a judge error is a
 named ``Reward.failure`` with value 0, so every group keeps its K members and the loss sees them all.
+Rendering and judging are genevolve.scoring's ``score_program``, the path ``genevolve run`` and the
+benchmark take; its ``ScoreFailure`` is kept on the trajectory (``meta["score_failure"]``).
 
 Seeds: rollout k of group g at step s samples with seed ``base_seed + (s * 10_007 + g) * 101 + k`` and
 renders with ``seed=k``: a step is reproducible, rollouts of a group differ, and the same request at
@@ -21,10 +23,10 @@ from PIL import Image
 
 from genevolve.agent import Agent
 from genevolve.evolve.rollout import Rollout
-from genevolve.judge.base import Judge, Score
-from genevolve.judge.rubric import JudgeError
-from genevolve.render.base import Renderer, RenderError
-from genevolve.reward import Failure, mix_reward, protocol_failure
+from genevolve.judge.base import Judge, JudgeError
+from genevolve.render.base import Renderer
+from genevolve.reward import mix_reward, protocol_failure
+from genevolve.scoring import ScoreFailure, score_program
 from genevolve.types import Program
 
 
@@ -44,17 +46,16 @@ class ProgramJudge(Protocol):
     async def ascore(self, request: str, program: Program, gt_image: Image.Image) -> Any: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GroupSampler:
     """Samples, renders and scores rollout groups.
 
     Args:
         agent: the student agent (its policy is the model being trained, or a server holding it).
         renderer, judge: render the program and score the image against the task's GT.
+        k, alpha, concurrency: ``evolve.k``, ``evolve.alpha``, ``evolve.concurrency``
+            (genevolve.evolve.rl_config.EvolveConfig says what each means; no defaults here).
         program_judge: the sufficiency judge; required when ``alpha > 0``.
-        k: rollouts per request (paper: 6).
-        alpha: reward weight of the program score (paper: 0.5).
-        concurrency: rollouts in flight at once (policy calls, tools, renders and judges overlap).
         images_dir: where rendered images are written (``<dir>/step_000003/g01_k2.png``).
         base_seed: see the module docstring.
     """
@@ -62,10 +63,10 @@ class GroupSampler:
     agent: Agent
     renderer: Renderer
     judge: Judge
+    k: int
+    alpha: float
+    concurrency: int
     program_judge: ProgramJudge | None = None
-    k: int = 6
-    alpha: float = 0.5
-    concurrency: int = 4
     images_dir: Path | None = None
     base_seed: int = 0
 
@@ -103,35 +104,29 @@ class GroupSampler:
         if failure is not None:
             return Rollout(reward=mix_reward(None, None, alpha=self.alpha, failure=failure), **record)
         assert traj.program is not None
-        try:
-            rendered = await self.renderer.arender(traj.program, seed=sample)
-        except RenderError as exc:
-            traj.meta["render_error"] = exc.code
-            return Rollout(reward=mix_reward(None, None, alpha=self.alpha, failure=Failure.RENDER_ERROR), **record)
-        record["render_meta"] = dict(rendered.meta)
-        if self.images_dir is not None:
-            path = self.images_dir / f"step_{step:06d}" / f"g{group:02d}_k{sample}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(rendered.image.save, path)
-            record["image_path"] = str(path)
-        score: Score | None = None
+        path = None if self.images_dir is None else self.images_dir / f"step_{step:06d}" / f"g{group:02d}_k{sample}.png"
+        scored = await score_program(task.request, traj.program, renderer=self.renderer, judge=self.judge,
+                                     gt_image=gt, seed=sample, save_to=path)
+        if scored.image is not None:
+            record.update(render_meta=scored.meta, **({"image_path": str(path)} if path is not None else {}))
         program_score = None
-        try:
-            score = await self.judge.ascore(task.request, rendered.image, gt_image=gt, program=traj.program,
-                                            meta=rendered.meta)
-            if self.alpha > 0 and gt is not None:
-                assert self.program_judge is not None
+        if scored.failure is None and self.alpha > 0 and gt is not None:
+            assert self.program_judge is not None
+            try:
                 judged = await self.program_judge.ascore(task.request, traj.program, gt)
+            except JudgeError as exc:
+                scored.failure = ScoreFailure.of(exc)
+            else:
                 program_score = float(judged.score)
                 record["program_rationale"] = getattr(judged, "rationale", "")
                 record["program_missing"] = list(getattr(judged, "missing", []))
-        except JudgeError as exc:
-            traj.meta["judge_error"] = str(exc)[:300]
-            return Rollout(reward=mix_reward(score, program_score, alpha=self.alpha, failure=Failure.JUDGE_ERROR),
-                           image_score=score, **record)
+        if scored.failure is not None:
+            scored.failure.record(traj)
+            return Rollout(reward=mix_reward(scored.score, program_score, alpha=self.alpha,
+                                             failure=scored.failure.failure), image_score=scored.score, **record)
         # Without a GT the program cannot be judged: the image score is the whole reward.
         alpha = self.alpha if program_score is not None else 0.0
-        return Rollout(reward=mix_reward(score, program_score, alpha=alpha), image_score=score,
+        return Rollout(reward=mix_reward(scored.score, program_score, alpha=alpha), image_score=scored.score,
                        program_score=program_score, **record)
 
 

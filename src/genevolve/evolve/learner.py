@@ -52,7 +52,8 @@ from genevolve.evolve.sharding import (
     shard_train_model,
     trainable_state,
 )
-from genevolve.evolve.tokens import TokenView, aligned_positions, collate, token_logps
+from genevolve.evolve.tokens import TokenView, collate, teacher_logps, token_logps
+from genevolve.runfolder import lr_schedule
 
 
 @dataclass
@@ -98,7 +99,6 @@ class Learner:
 
     def __init__(self, tm: TrainModel, cfg: EvolveConfig, *, accelerator: Any = None) -> None:
         import torch
-        from transformers import get_cosine_schedule_with_warmup
 
         self.tm, self.cfg = tm, cfg
         self.accelerator = accelerator
@@ -111,13 +111,7 @@ class Learner:
         if not params:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        updates = cfg.steps * cfg.mini_batches
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, math.ceil(cfg.warmup_frac * updates), updates)
-        if cfg.min_lr_frac:  # cosine to lr * min_lr_frac instead of 0
-            floor = cfg.min_lr_frac
-            base = self.scheduler.lr_lambdas[0]
-            self.scheduler.lr_lambdas = [lambda s: floor + (1 - floor) * base(s)]
+        self.scheduler = lr_schedule(self.optimizer, cfg.steps * cfg.mini_batches, cfg.warmup_frac, cfg.min_lr_frac)
         lp = cfg.sampler_logps
         self.gate = LogpGate(reuse=lp.reuse, tolerance=lp.tolerance, check_every=lp.check_every)
         self.reference = None
@@ -158,14 +152,12 @@ class Learner:
         old, behaviour, logp_metrics = self._old_logps(rows, mine)
         t1 = time.perf_counter()
         teacher: list[Any | None] = [None] * len(rows)
-        with_bundle = [i for i in mine if rows[i].teacher is not None]
-        if with_bundle or self.sharded:  # FSDP: every process takes part in the teacher passes (sharding.py)
-            scored = self._logps(model, [rows[i].teacher for i in with_bundle])  # type: ignore[misc]
-            for i, t_logp in zip(with_bundle, scored, strict=True):
-                s_pos, t_pos = aligned_positions(rows[i].view, rows[i].teacher)  # type: ignore[arg-type]
-                row = torch.zeros(len(rows[i].view))
-                row[s_pos] = t_logp[t_pos]
-                teacher[i] = row
+        # every process scores (FSDP: each takes part in the teacher passes, sharding.py)
+        mine_teacher = teacher_logps(lambda views: self._logps(model, views), [rows[i].view for i in mine],
+                                     [rows[i].teacher for i in mine])
+        for i, t_logp in zip(mine, mine_teacher, strict=True):
+            teacher[i] = t_logp
+        with_bundle = [i for i in mine if teacher[i] is not None]
         t2 = time.perf_counter()
         gaps = [(teacher[i] - old[i]).abs()[torch.tensor(rows[i].view.mask, dtype=torch.bool)] for i in with_bundle]
         gap_sum, gap_n = sum_values(self.accelerator, [sum(float(g.sum()) for g in gaps), sum(g.numel() for g in gaps)])

@@ -14,10 +14,12 @@ Run folder (DESIGN.md "Runs on disk"): config.yaml, trajectories.jsonl (one Roll
 images/step_NNNNNN/, experience.jsonl, metrics.jsonl, eval.jsonl and eval_trajectories.jsonl (with
 ``evolve.eval.every``: a fixed request set scored with fixed seeds before training and every N steps; its
 rollouts carry the step they followed, -1 before training, and are not rendered to files),
-tensorboard/, checkpoints/step_NNNNNN/ (learner.pt: trainable weights, optimizer, schedule, RNG; model/: the loadable adapter or model).
-Resume: the newest complete checkpoint is loaded, every record of a later step is removed from the
+tensorboard/, checkpoints/step-NNNNNN/ (NNNNNN: the last step it covers; state.pt: trainable weights,
+optimizer, schedule, RNG; model/: the loadable adapter or model). ``genevolve.runfolder`` writes and reads
+all of it. Resume: the newest checkpoint is loaded, every record of a later step is removed from the
 jsonl files, and the loop continues with the next step. Rollout seeds depend only on (seed, step,
-request, sample), so a redone step samples what the lost one would have.
+request, sample), so a redone step samples what the lost one would have. A resumed run whose config
+differs from config.yaml (its env resolved) is refused, except in ``RESUMABLE_CHANGES``.
 
 Several processes (``accelerate launch`` or ``torchrun`` ... ``genevolve evolve``, given as
 ``accelerator``): the main process samples, selects, extracts, keeps the memory and writes every file;
@@ -29,8 +31,6 @@ replica holds the same weights after each update. Learner metrics are summed ove
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import shutil
 import time
@@ -38,52 +38,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from genevolve.display import Progress
 from genevolve.evolve.groups import Task
 from genevolve.evolve.parallel import process_model_spec
 from genevolve.evolve.rl_config import EvolveFile
 from genevolve.evolve.rollout import Rollout
 from genevolve.registry import ConfigError
-from genevolve.types import write_text_atomic
+from genevolve.runfolder import (
+    CONFIG,
+    JsonlLog,
+    check_config,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_config,
+)
 
-CHECKPOINT_DONE = "complete.json"
+#: the step-tagged logs, cut back to the checkpoint's step on resume
+LOGS = ("trajectories.jsonl", "metrics.jsonl", "eval.jsonl", "eval_trajectories.jsonl")
+#: config keys a resumed run may change: where the run lives, what it keeps and where its servers are, not what
+#: it computes. Refused, among others: ``steps`` (the cosine schedule spans it), ``concurrency`` and
+#: ``sample_threads`` (batched sampling numerics), ``eval`` (without eval.data it holds requests out of training).
+RESUMABLE_CHANGES = (
+    "evolve.out", "evolve.save_every", "evolve.keep_checkpoints", "evolve.tensorboard", "evolve.rollout.pool",
+    *(f"evolve.rollout.lora_sync.{key}" for key in ("servers", "api_key_env", "path_map", "timeout", "max_retries",
+                                                    "backoff_base", "backoff_max", "verify_probes")),
+    "env.policy.base_url", "env.policy.api_key_env")
 #: every evaluation samples with the rollout seeds of this pseudo-step (training steps stay far below it)
 EVAL_SEED_STEP = 1_000_000
-
-
-# -- step-tagged jsonl files ---------------------------------------------------------------------------
-
-
-def append_line(path: Path, record: dict[str, Any] | str) -> None:
-    """One record, flushed and fsynced before returning."""
-    line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line.rstrip("\n") + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def keep_steps(path: Path, last_step: int) -> int:
-    """Rewrite ``path`` keeping the records of steps <= ``last_step`` (and dropping a torn last line);
-    returns how many lines were removed."""
-    if not path.is_file():
-        return 0
-    kept, removed = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            removed += 1
-            continue
-        if step <= last_step:
-            kept.append(line)
-        else:
-            removed += 1
-    if removed:
-        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-    return removed
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -118,17 +100,17 @@ class EvolveRun:
         self.accelerator = accelerator
         self.is_main = accelerator is None or accelerator.is_main_process
         self.progress = progress and self.is_main  # one progress display, the main process's
+        self.display = Progress(self.progress)
         env = cfg.run_config(config_dir)
         items = load_dataset(self.ev.data).items
         self.tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in items if i.gt_image]
         self.eval_tasks = self._eval_tasks()
-        if len(self.tasks) < self.ev.requests_per_step:
-            raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
-                             f"{self.ev.requests_per_step}")
-        if self.ev.alpha > 0 and self.ev.program_judge is None:
-            raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
-                             "(or alpha: 0 for an image-only reward)")
-        self.tm = load_model(process_model_spec(cfg.model_spec(), accelerator))
+        model_spec = cfg.model_spec()
+        self._check(env, model_spec)  # configuration mistakes surface before the model loads
+        self.snapshot = config_snapshot(cfg, config_dir)
+        self._check_resumable(config_dir)
+        self.logs = {name: JsonlLog(self.out / name) for name in LOGS}
+        self.tm = load_model(process_model_spec(model_spec, accelerator))
         # the learner's token views show each turn the images the rollout policy was shown
         self.encoder = ChatEncoder(self.tm.tokenizer, self.tm.processor, skip_forced=self.ev.mask_forced,
                                    accepts_images=self._policy_sees_images(env),
@@ -153,6 +135,26 @@ class EvolveRun:
             self.out / "experience.jsonl", capacity=ex.capacity, threshold=ex.threshold, policy=ex.visibility,
             embed=sentence_embedder(ex.embedder))
 
+    def _check(self, env: Any, model: Any) -> None:
+        """What the config's types cannot say alone: enough requests, a server to roll out on, a LoRA to sync."""
+        if len(self.tasks) < self.ev.requests_per_step:
+            raise ConfigError(f"{self.ev.data}: {len(self.tasks)} requests with a GT image; a step needs "
+                              f"{self.ev.requests_per_step} (evolve.requests_per_step)")
+        if self.ev.rollout.backend == "server" and (env.policy is None or env.policy.kind != "openai"):
+            raise ConfigError("rollout.backend 'server' needs env.policy of kind 'openai' pointed at the inference "
+                              "server (vLLM or SGLang)")
+        if self.ev.rollout.lora_sync is not None and model.lora is None and model.adapter is None:
+            raise ConfigError("rollout.lora_sync publishes a LoRA adapter: set model.lora (or evolve.init_from "
+                              "an SFT adapter)")
+
+    def _check_resumable(self, config_dir: Path | None) -> None:
+        """Refuse to resume this folder's run under a config that would change its results."""
+        if latest_checkpoint(self.out) is None and not (self.out / "eval.jsonl").is_file():
+            return  # nothing to resume: the run starts over
+        check_config(self.out / CONFIG, self.snapshot, command="evolve", resumable=RESUMABLE_CHANGES,
+                     normalise=lambda saved: config_snapshot(EvolveFile.model_validate(saved), config_dir),
+                     hint=f"remove {self.out}, or choose another --out")
+
     def _eval_tasks(self) -> list[Task]:
         """The evaluation requests: from ``eval.data``, or a seeded choice held out of the training requests."""
         from genevolve.bench.datasets import load_dataset
@@ -160,15 +162,14 @@ class EvolveRun:
         ev = self.ev.eval
         if not ev.every:
             return []
-        if self.ev.rollout.backend == "server":
-            raise ValueError("evolve.eval runs with rollout.backend 'learner' only; set eval.every: 0")
         if ev.data is not None:
             tasks = [Task(i.id, i.request, i.gt_image, dict(i.meta)) for i in load_dataset(ev.data).items if i.gt_image]
             if not tasks:
-                raise ValueError(f"evolve.eval.data {ev.data}: no row has a GT image")
+                raise ConfigError(f"evolve.eval.data {ev.data}: no row has a GT image")
             return tasks[: ev.requests]
         if len(self.tasks) <= ev.requests:
-            raise ValueError(f"{self.ev.data}: {len(self.tasks)} requests cannot spare {ev.requests} for evaluation")
+            raise ConfigError(f"{self.ev.data}: {len(self.tasks)} requests cannot spare {ev.requests} for evaluation "
+                              "(evolve.eval.requests)")
         held = set(random.Random(f"{self.ev.seed}|eval").sample(range(len(self.tasks)), ev.requests))
         chosen = [t for i, t in enumerate(self.tasks) if i in held]
         self.tasks = [t for i, t in enumerate(self.tasks) if i not in held]
@@ -186,13 +187,12 @@ class EvolveRun:
         rollouts = [r.model_copy(update={"step": step}) for g in groups for r in g]
         record = {"step": step, **_reward_metrics(rollouts), "seconds": round(time.perf_counter() - t, 3)}
         for rollout in rollouts:
-            append_line(self.out / "eval_trajectories.jsonl", rollout.to_json())
-        append_line(self.out / "eval.jsonl", record)
+            self.logs["eval_trajectories.jsonl"].append(rollout.to_json())
+        self.logs["eval.jsonl"].append(record)
         # TensorBoard's x for eval/*: updates made (0 before training), as its steps cannot be negative.
         self._tensorboard({"step": step + 1, "eval": {k: v for k, v in record.items() if k != "step"}})
-        if self.progress:
-            print(f"eval after step {step:>4}  reward {record['reward']:.3f} (max {record['reward_max']:.2f})  "
-                  f"{record['rollouts']} rollouts  {record['seconds']:.0f}s", flush=True)
+        self.display.line(f"eval after step {step:>4}  reward {record['reward']:.3f} (max {record['reward_max']:.2f})  "
+                          f"{record['rollouts']} rollouts  {record['seconds']:.0f}s")
         return record
 
     def _agent(self, env: Any) -> Any:
@@ -239,14 +239,8 @@ class EvolveRun:
         from genevolve.evolve.lora_sync import LoraSync
         from genevolve.evolve.workers import RolloutPool
 
-        if spec.policy is None or spec.policy.kind != "openai":
-            raise ValueError("rollout.backend 'server' needs env.policy of kind 'openai' pointed at the inference "
-                             "server (vLLM or SGLang)")
-        self.pool = RolloutPool(spec, self.ev.rollout.pool)
+        self.pool = RolloutPool(spec, self.ev.rollout.pool)  # _check vetted the policy and the LoRA
         if self.ev.rollout.lora_sync is not None:
-            if not self.tm.is_lora:
-                raise ValueError("rollout.lora_sync publishes a LoRA adapter: set model.lora (or evolve.init_from "
-                                 "an SFT adapter)")
             self.lora_sync = LoraSync(self.ev.rollout.lora_sync)
 
     def _publish(self, step: int) -> None:
@@ -353,7 +347,7 @@ class EvolveRun:
             try:
                 bundles.append(await self.extractor.aextract(pair.best, pair.worst, step=step))
             except ExtractionError as exc:  # one lost lesson, not a lost step
-                print(f"step {step}: extraction failed for {pair.best.request_id}: {exc}")
+                self.display.line(f"step {step}: extraction failed for {pair.best.request_id}: {exc}")
         return bundles
 
     def _rows(self, specs: list[tuple[Any, float, str | None]]) -> tuple[list[Any], dict[str, Any]]:
@@ -383,13 +377,11 @@ class EvolveRun:
     def run(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Run (or resume) up to ``steps`` steps (default: the config's); returns this call's metrics."""
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.out / "config.yaml",
-                              yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+            save_config(self.out, self.snapshot)
         start = self.resume()
         total = steps if steps is not None else self.ev.steps
         evaluating = bool(self.eval_tasks) and self.is_main
-        if evaluating and start == 0 and -1 not in _logged_steps(self.out / "eval.jsonl"):
+        if evaluating and start == 0 and all(r["step"] != -1 for r in self.logs["eval.jsonl"].read()):
             self.evaluate(-1)
         if start < total:
             self._publish(start)
@@ -401,12 +393,11 @@ class EvolveRun:
                     self.save(step)  # FSDP: gathering the weights for the checkpoint takes every process
                 continue
             for rollout in result.rollouts:
-                append_line(self.out / "trajectories.jsonl", rollout.to_json())
-            append_line(self.out / "metrics.jsonl", result.metrics)
+                self.logs["trajectories.jsonl"].append(rollout.to_json())
+            self.logs["metrics.jsonl"].append(result.metrics)
             self._tensorboard(result.metrics)
             done.append(result.metrics)
-            if self.progress:
-                print(_one_line(result.metrics), flush=True)
+            self.display.line(_one_line(result.metrics))
             if evaluating and ((step + 1) % self.ev.eval.every == 0 or step + 1 == total):
                 self.evaluate(step)
             if (step + 1) % self.ev.save_every == 0 or step + 1 == total:
@@ -416,21 +407,17 @@ class EvolveRun:
         return done
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint (if any), drop later records; the next step to run."""
-        import torch
-
+        """Load the newest checkpoint (if any), drop later records; the next step to run."""
         last = self._share(latest_checkpoint(self.out) if self.is_main else None)
         last_step = -1
         if last is not None:
-            state = torch.load(last / "learner.pt", map_location="cpu", weights_only=False, mmap=True)
+            state = load_checkpoint(last)
             self.learner.load_state_dict(state["learner"])
-            random.setstate(state["python_rng"])
-            torch.set_rng_state(state["torch_rng"])
             last_step = int(state["step"])
         if not self.is_main:
             return last_step + 1
-        for name in ("trajectories.jsonl", "metrics.jsonl", "eval.jsonl", "eval_trajectories.jsonl"):
-            keep_steps(self.out / name, last_step)
+        for log in self.logs.values():
+            log.keep_steps(last_step)
         self.memory.discard_after(last_step)
         for stale in sorted((self.out / "images").glob("step_*")) if (self.out / "images").is_dir() else []:
             if int(stale.name.split("_")[1]) > last_step:
@@ -438,29 +425,12 @@ class EvolveRun:
         return last_step + 1
 
     def save(self, step: int) -> Path:
-        """A checkpoint of ``step``; it counts only once ``complete.json`` is written (last). Main process only:
-        every process holds the same weights and optimizer state. With FSDP every process calls it to gather
-        the shards, and only the main process writes."""
-        import torch
-
+        """A checkpoint of ``step`` (main process only: every process holds the same weights and optimizer
+        state). With FSDP every process calls it to gather the shards, and only the main process writes."""
         from genevolve.evolve.model import save_model
 
-        folder = self.out / "checkpoints" / f"step_{step:06d}"
-        learner = self.learner.state_dict()
-        if not self.is_main:
-            save_model(self.tm, folder / "model")  # gathers; writes nothing here
-            return folder
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        torch.save({"step": step, "learner": learner, "python_rng": random.getstate(),
-                    "torch_rng": torch.get_rng_state()}, folder / "learner.pt")
-        save_model(self.tm, folder / "model")
-        write_text_atomic(folder / CHECKPOINT_DONE, json.dumps({"step": step, "time": time.time()}))
-        complete = sorted(p for p in folder.parent.glob("step_*") if (p / CHECKPOINT_DONE).is_file())
-        for old in complete[: -self.ev.keep_checkpoints]:
-            shutil.rmtree(old)
-        return folder
+        return save_checkpoint(self.out, step, {"learner": self.learner.state_dict()}, keep=self.ev.keep_checkpoints,
+                               write_model=lambda folder: save_model(self.tm, folder), main=self.is_main)
 
     def _tensorboard(self, metrics: dict[str, Any]) -> None:
         if not self.ev.tensorboard:
@@ -478,16 +448,9 @@ class EvolveRun:
         self._writer.flush()
 
 
-def _logged_steps(path: Path) -> set[int]:
-    """The steps a step-tagged jsonl file holds (none when it does not exist)."""
-    if not path.is_file():
-        return set()
-    return {int(json.loads(line)["step"]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    folders = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / CHECKPOINT_DONE).is_file())
-    return folders[-1] if folders else None
+def config_snapshot(cfg: EvolveFile, config_dir: Path | None = None) -> dict[str, Any]:
+    """What config.yaml holds: the config with its env resolved, so that a changed env file is a changed config."""
+    return {**cfg.model_dump(mode="json"), "env": cfg.run_config(config_dir).model_dump(mode="json")}
 
 
 # -- builders and metrics -----------------------------------------------------------------------------

@@ -39,14 +39,17 @@ def _float_mask(mask_B_T: Tensor, like: Tensor) -> Tensor:
     return mask_B_T.to(dtype=like.dtype, device=like.device)
 
 
-def sft_loss(logp_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
+def sft_loss(logp_B_T: Tensor, mask_B_T: Tensor, *, n_tokens: float | None = None) -> Tensor:
     """Mean negative log-likelihood over the masked (assistant) tokens of the whole batch.
 
     A token mean rather than a sequence mean: every supervised token weighs the same, so long expert
     trajectories are not down-weighted. With no masked token the loss is 0 (graph kept).
+
+    ``n_tokens``: divide by this count instead of the batch's own, when the batch is one micro-batch of a
+    larger step: the micro-batches' losses (and gradients) then add up to the step's token mean.
     """
     mask = _float_mask(mask_B_T, logp_B_T)
-    return -(logp_B_T * mask).sum() / mask.sum().clamp(min=1.0)
+    return -(logp_B_T * mask).sum() / (mask.sum().clamp(min=1.0) if n_tokens is None else n_tokens)
 
 
 #: how ``group_advantages`` scales a group's centred rewards

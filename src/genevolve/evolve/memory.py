@@ -18,10 +18,11 @@
   overflows the capacity), so a step's own lessons stay visible to it. With ``replace_same_request`` (default) a new bundle from a request
   already in memory replaces the old one: one request never fills several slots with the same key.
 - Persistence: ``experience.jsonl``, append-only, one bundle as one JSON object per line (every
-  bundle ever added, in order). Eviction depends only on that sequence, so reopening the file
-  replays the additions and rebuilds exactly the same memory; embeddings are recomputed for the
-  survivors only. A half-written last line (a crash mid-append) is cut off on reopening;
-  ``discard_after(step)`` drops the bundles of steps after a checkpoint when a run resumes.
+  bundle ever added, in order; a ``genevolve.runfolder.JsonlLog``). Eviction depends only on that
+  sequence, so reopening the file replays the additions and rebuilds exactly the same memory;
+  embeddings are recomputed for the survivors only. A half-written last line (a crash mid-append) is
+  cut off on reopening; ``discard_after(step)`` drops the bundles of steps after a checkpoint when a
+  run resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 
 from genevolve.evolve.experience import ExperienceBundle
 from genevolve.registry import require
-from genevolve.types import write_text_atomic
+from genevolve.runfolder import JsonlLog
 
 Embed = Callable[[list[str]], Any]  # texts -> array-like [n, d]
 Visibility = Literal["same_step", "earlier_steps"]
@@ -114,6 +115,7 @@ class ExperienceMemory:
         if policy not in ("same_step", "earlier_steps"):
             raise ValueError(f"policy={policy!r}; expected 'same_step' or 'earlier_steps'")
         self.path = None if path is None else Path(path)
+        self._log = None if path is None else JsonlLog(path)
         self.capacity, self.threshold, self.policy = capacity, threshold, policy
         self.half_life, self.replace_same_request = half_life, replace_same_request
         self.embed = embed or sentence_embedder()
@@ -121,7 +123,7 @@ class ExperienceMemory:
         self._history: list[ExperienceBundle] = []  # every bundle added, in order (the file's content)
         self._vectors: dict[str, np.ndarray] = {}  # source request -> unit vector
         self._added = self._evicted = self._replaced = 0
-        if self.path is not None and self.path.exists():
+        if self._log is not None:
             for bundle in self._read():
                 self._insert(bundle)
 
@@ -129,12 +131,8 @@ class ExperienceMemory:
 
     def add(self, bundle: ExperienceBundle) -> None:
         """Append the bundle to the file, then hold it (possibly evicting another)."""
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(bundle.model_dump_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+        if self._log is not None:
+            self._log.append(bundle.model_dump_json())
         self._insert(bundle)
 
     def _insert(self, bundle: ExperienceBundle) -> None:
@@ -195,20 +193,13 @@ class ExperienceMemory:
     # -- the file ------------------------------------------------------------------------------------------
 
     def _read(self) -> list[ExperienceBundle]:
-        assert self.path is not None
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
+        assert self._log is not None
         bundles = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        for number, record in enumerate(self._log.read(), 1):
             try:
-                bundles.append(ExperienceBundle.model_validate_json(line))
+                bundles.append(ExperienceBundle.model_validate(record))
             except ValueError as exc:
-                if number == len(lines):  # no newline after it: an append cut short by a crash
-                    write_text_atomic(self.path, "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
-                    break
-                raise ValueError(f"{self.path}:{number}: not an experience bundle ({exc})") from None
+                raise ValueError(f"{self.path}: record {number}: not an experience bundle ({exc})") from None
         return bundles
 
     def discard_after(self, step: int) -> int:
@@ -219,8 +210,8 @@ class ExperienceMemory:
         """
         bundles = self._history
         kept = [b for b in bundles if b.provenance.step <= step]
-        if self.path is not None and len(kept) != len(bundles):
-            write_text_atomic(self.path, "".join(b.model_dump_json() + "\n" for b in kept))
+        if self._log is not None:
+            self._log.keep_steps(step, step_of=lambda record: record["provenance"]["step"])
         self._entries, self._history, self._added, self._evicted, self._replaced = [], [], 0, 0, 0
         for bundle in kept:
             self._insert(bundle)

@@ -74,8 +74,9 @@ def load_model(spec: ModelSpec) -> TrainModel:
     else:
         from genevolve.policy.hf import _load
 
-        model, tokenizer, processor = _load(source, device=device, dtype=spec.dtype,
-                                            trust_remote_code=spec.trust_remote_code, gguf_file=None)
+        loaded = _load(source, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                       gguf_file=None)
+        model, tokenizer, processor = loaded.model, loaded.tokenizer, loaded.processor
     vlm = processor is not None
     if spec.freeze_vision and vlm and spec.lora is None and spec.adapter is None:
         for name, param in model.named_parameters():

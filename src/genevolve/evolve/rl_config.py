@@ -26,7 +26,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from genevolve.config import BackendSpec, RunConfig
+from genevolve.evolve.lora_sync import LoraSyncConfig
 from genevolve.evolve.train_config import ModelSpec, _Section, env_run_config, load_sections
+from genevolve.evolve.workers import PoolConfig
 from genevolve.registry import ConfigError
 
 
@@ -101,10 +103,13 @@ class RolloutConfig(_Section):
     publishes its LoRA adapter to the servers after every step and the workers switch to it.
     """
 
-    backend: Literal["learner", "server"] = "learner"
-    pool: dict[str, Any] = Field(default_factory=dict, description="genevolve.evolve.workers.PoolConfig fields")
-    lora_sync: dict[str, Any] | None = Field(None, description="genevolve.evolve.lora_sync.LoraSyncConfig fields; "
-                                                               "null: the servers keep their weights")
+    backend: Literal["learner", "server"] = Field(
+        "learner", description="learner: the trained model samples in this process; server: env.policy (kind "
+                               "openai, pointed at vLLM or SGLang) samples through the worker pool")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="the rollout workers (backend server): local "
+                                                                     "or Ray, how many, Ray resources")
+    lora_sync: LoraSyncConfig | None = Field(None, description="publish the LoRA adapter to the inference servers "
+                                                               "after every step; null: the servers keep their weights")
 
 
 class EvolveConfig(_Section):
@@ -117,16 +122,18 @@ class EvolveConfig(_Section):
     program_judge: BackendSpec | None = Field(
         None, description="program-sufficiency judge (kind: sufficiency, or world-sufficiency); needed when alpha > 0")
     steps: int = Field(200, ge=1, description="optimizer steps (the paper: about 200)")
-    requests_per_step: int = Field(8, ge=1)
+    requests_per_step: int = Field(8, ge=1, description="requests sampled per step, K rollouts each (the paper: 8)")
     k: int = Field(6, ge=2, description="rollouts per request")
     alpha: float = Field(0.5, ge=0, le=1, description="reward weight of the program score")
     lr: float = Field(1e-6, gt=0, description="actor learning rate (cosine decay, no warm-up)")
-    warmup_frac: float = Field(0.0, ge=0, lt=1)
-    min_lr_frac: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0)
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0)
+    warmup_frac: float = Field(0.0, ge=0, lt=1, description="share of the steps with a linear warm-up of the "
+                                                             "learning rate (the paper: none)")
+    min_lr_frac: float = Field(0.0, ge=0, le=1, description="where the cosine decay ends, as a share of lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(1.0, description="gradient norm clip per update; null: no clipping")
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1 (epsilon_low; the paper: 0.20)")
+    clip_high: float = Field(0.28, ge=0, description="PPO ratio clip above 1 (epsilon_high, DAPO's clip-higher; "
+                                                     "the paper: 0.28)")
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference policy (paper option: 1e-3)")
     advantage_scale: Literal["std", "none"] = Field(
         "std", description="std: (r - mean) / std of the group (GRPO, the paper); none: r - mean only (Dr. GRPO), so "
@@ -137,7 +144,7 @@ class EvolveConfig(_Section):
     mini_batches: int = Field(1, ge=1, description="optimizer updates per step, each on a share of the rollouts")
     micro_batch: int = Field(2, ge=1, description="sequences per forward pass (gradient accumulation inside an update)")
     temperature: float = Field(0.7, gt=0, description="rollout sampling temperature (log-probs use the same)")
-    top_p: float = Field(0.95, gt=0, le=1)
+    top_p: float = Field(0.95, gt=0, le=1, description="rollout nucleus sampling (the paper: 0.95)")
     max_new_tokens: int | None = Field(None, ge=16, description="per policy call; null: the env's agent setting")
     think_max_chars: int | None = Field(None, ge=1, description="with structured decoding: the grammar's bound on "
                                                                 "<think> text; null: the grammar's default (400)")
@@ -147,13 +154,16 @@ class EvolveConfig(_Section):
     sample_threads: int | None = Field(
         None, ge=1, description="torch threads of each local generate thread (the learner keeps the process's "
                                 "setting); a tiny model decodes several times faster with 1; null: the process's")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    ved: VEDConfig = Field(default_factory=VEDConfig)
-    sampler_logps: SamplerLogpsConfig = Field(default_factory=SamplerLogpsConfig)
-    experience: ExperienceConfig = Field(default_factory=ExperienceConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="where rollouts come from: the "
+                                                                              "learner itself or inference servers")
+    ved: VEDConfig = Field(default_factory=VEDConfig, description="how the teacher's signal enters the loss")
+    sampler_logps: SamplerLogpsConfig = Field(default_factory=SamplerLogpsConfig,
+                                              description="what the learner does with the sampler's log-probs")
+    experience: ExperienceConfig = Field(default_factory=ExperienceConfig,
+                                         description="best-worst pairs, experience extraction and memory")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="a fixed request set scored every N steps")
     save_every: int = Field(10, ge=1, description="steps between checkpoints (and one at the end)")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
     tensorboard: bool = Field(True, description="also write TensorBoard scalars (needs the tensorboard package)")
     seed: int = Field(0, description="request order, rollout seeds")
 
@@ -161,11 +171,22 @@ class EvolveConfig(_Section):
 class EvolveFile(_Section):
     """A ``genevolve evolve --config`` file."""
 
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the policy model to train (evolve.init_from "
+                                                                   "replaces its path or adapter)")
     env: str | dict[str, Any] = Field(default_factory=dict, description="a RunConfig: tools, renderer, judge, agent "
                                                                         "budgets; a path, a mapping, or a mapping with "
                                                                         "`from: PATH` whose other keys override that file")
-    evolve: EvolveConfig
+    evolve: EvolveConfig = Field(description="the RL loop")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvolveFile:
+        ev = self.evolve
+        if ev.alpha > 0 and ev.program_judge is None:
+            raise ValueError("evolve.alpha > 0 weighs the program score: set evolve.program_judge "
+                             "(or alpha: 0 for an image-only reward)")
+        if ev.eval.every and ev.rollout.backend == "server":
+            raise ValueError("evolve.eval runs with rollout.backend 'learner' only; set eval.every: 0")
+        return self
 
     @model_validator(mode="after")
     def _sharded_sampling(self) -> EvolveFile:

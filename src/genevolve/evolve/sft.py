@@ -5,13 +5,14 @@
 optimizer step's loss is the token mean over all assistant tokens of its micro-batches, so
 accumulation gives the same update as one big batch.
 
-Run folder (``sft.out``): ``config.yaml`` (resolved), ``data.json`` (rows used and skipped, with
-reasons), ``metrics.jsonl`` (one line per step, plus eval lines), ``checkpoints/step-NNNNNN/``
-(weights, optimizer, scheduler, RNG states, step) and ``final/`` (adapter or model + tokenizer,
-loadable by ``HFPolicy``/``EmbeddedPolicy``). Rerunning the same command resumes from the newest
-complete checkpoint and continues exactly as the uninterrupted run would have: the data order is a
-function of (seed, epoch), the RNG states are restored, and metrics lines written after that
-checkpoint are dropped so no step appears twice.
+Run folder (``sft.out``, laid out and resumed by ``genevolve.runfolder``): ``config.yaml`` (resolved),
+``data.json`` (rows used and skipped, with reasons), ``metrics.jsonl`` (one line per step, plus eval
+lines), ``checkpoints/step-NNNNNN/`` (weights, optimizer, scheduler, RNG states; NNNNNN counts the steps
+done) and ``final/`` (adapter or model + tokenizer, loadable by ``HFPolicy``/``EmbeddedPolicy``). Rerunning
+the same command resumes from the newest checkpoint and continues exactly as the uninterrupted run would
+have: the data order is a function of (seed, epoch), the RNG states are restored, and metrics lines
+written after that checkpoint are dropped so no step appears twice. A changed config is refused, except
+for ``RESUMABLE_CHANGES``.
 
 Several processes (``accelerate launch`` or ``torchrun`` ... ``genevolve sft``, given as
 ``accelerator``): each optimizer step's micro-batches are dealt out round-robin, each process
@@ -28,17 +29,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from genevolve.display import Progress
+from genevolve.evolve.losses import sft_loss
 from genevolve.evolve.parallel import (
     process_model_spec,
     sum_gradients,
@@ -50,7 +49,6 @@ from genevolve.evolve.sft_data import SFTExample, load_examples, micro_batches, 
 from genevolve.evolve.sharding import (
     begin_passes,
     end_passes,
-    is_main_process,
     load_optimizer_state,
     load_trainable_state,
     optimizer_state,
@@ -60,10 +58,21 @@ from genevolve.evolve.sharding import (
 from genevolve.evolve.tokens import ChatEncoder, TokenView, collate, token_logps
 from genevolve.evolve.train_config import SFTFile
 from genevolve.registry import ConfigError
+from genevolve.runfolder import (
+    CONFIG,
+    JsonlLog,
+    check_config,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_schedule,
+    save_checkpoint,
+    save_config,
+)
 from genevolve.types import write_text_atomic
 
-#: config keys that may change between a run and its resumption (they do not affect the result)
-RESUMABLE_CHANGES = ("eval_every", "save_every", "keep_checkpoints")
+#: config keys that may change between a run and its resumption: they cannot change the result
+#: (``max_steps`` can: the cosine schedule spans it)
+RESUMABLE_CHANGES = ("sft.out", "sft.eval_every", "sft.save_every", "sft.keep_checkpoints")
 
 
 @dataclass
@@ -74,19 +83,6 @@ class SFTResult:
     train_loss: float | None
     eval_loss: float | None
     resumed_from: int
-
-
-def cosine_with_warmup(total: int, warmup: int, min_frac: float) -> Callable[[int], float]:
-    """LR factor per step: ``warmup`` steps rising linearly (1/(w+1), ..., w/(w+1): none wasted at 0,
-    none already at the peak), then a cosine from 1 down to ``min_frac`` at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_dir: Path | None = None,
@@ -125,12 +121,13 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
 
     params = tm.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    warmup = math.ceil(s.warmup_frac * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup, s.min_lr_frac))
+    scheduler = lr_schedule(optimizer, total, s.warmup_frac, s.min_lr_frac)
     random.seed(s.seed)
     torch.manual_seed(s.seed)
     start = _resume(out, tm, optimizer, scheduler)
-    metrics = _Metrics(out / "metrics.jsonl", keep_through=start) if main else None
+    metrics = JsonlLog(out / "metrics.jsonl") if main else None
+    if metrics is not None:
+        metrics.keep_steps(start)  # lines written after the checkpoint: those steps run again
 
     def view_of(example: SFTExample) -> TokenView:
         if example.has_images and encoder.accepts_images:  # pixels were dropped after the first pass
@@ -138,7 +135,8 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
         return example.view
 
     train_loss = eval_loss = None
-    with _progress(progress and main, total, start) as advance:
+    with Progress(progress and main) as display:
+        bar = display.task("sft", total=total, completed=start)
         for step in range(start, total):
             t0 = time.perf_counter()
             step_batches = batches[step * s.grad_accum:(step + 1) * s.grad_accum]
@@ -153,7 +151,7 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
             seconds = time.perf_counter() - t0
             done = step + 1
             if metrics is not None:
-                metrics.write({"step": done, "kind": "train", "loss": train_loss,
+                metrics.append({"step": done, "kind": "train", "loss": train_loss,
                                **({"context_loss": context_loss} if context_loss is not None else {}),
                                "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens,
                                "epoch": round(rows_before[min(done * s.grad_accum, len(batches))] / len(train), 4),
@@ -161,10 +159,11 @@ def run_sft(cfg: SFTFile, *, fresh: bool = False, progress: bool = True, config_
             if held and (done % s.eval_every == 0 or done == total):
                 eval_loss = evaluate(tm, [view_of(e) for e in held[rank::world]], s.batch_size, accelerator)
                 if metrics is not None:
-                    metrics.write({"step": done, "kind": "eval", "eval_loss": eval_loss})
+                    metrics.append({"step": done, "kind": "eval", "eval_loss": eval_loss})
             if (main or sharded) and (done % s.save_every == 0 or done == total):
-                _save_checkpoint(out, done, tm, optimizer, scheduler, s.keep_checkpoints)
-            advance(train_loss, eval_loss)
+                _save(out, done, tm, optimizer, scheduler, s.keep_checkpoints, main)
+            display.advance(bar, info=f"loss {train_loss:.4f}"
+                            + (f" · eval {eval_loss:.4f}" if eval_loss is not None else ""))
     final = out / "final"
     if main or sharded:
         final = save_model(tm, final)
@@ -209,10 +208,10 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
         if ctx_B_T is not None:
             batch.mask_B_T = mask_B_T | ctx_B_T  # one forward scores both kinds of position
         logp_B_T = token_logps(tm.model, batch)
-        loss = -(logp_B_T * mask_B_T.to(logp_B_T.device)).sum() / n_tokens  # this micro-batch's share
+        loss = sft_loss(logp_B_T, mask_B_T, n_tokens=n_tokens)  # this micro-batch's share of the step's mean
         total += float(loss.detach())
         if ctx_B_T is not None and n_context:
-            ctx_loss = -(logp_B_T * ctx_B_T.to(logp_B_T.device)).sum() / n_context
+            ctx_loss = sft_loss(logp_B_T, ctx_B_T, n_tokens=n_context)
             context_total += float(ctx_loss.detach())
             loss = loss + weight * ctx_loss
         loss.backward()
@@ -232,151 +231,59 @@ def evaluate(tm: Any, views: list[TokenView], batch_size: int, accelerator: Any 
 
     was_training = tm.model.training
     tm.model.eval()
-    nll, n = 0.0, 0
+    n_tokens = max(sum_values(accelerator, [sum(v.n_assistant_tokens for v in views)])[0], 1)
+    nll = 0.0
     begin_passes(tm.model, math.ceil(len(views) / batch_size))  # FSDP: sharding.py
     with torch.no_grad():
         for i in range(0, len(views), batch_size):
             batch = collate(views[i:i + batch_size], tm.pad_id)
-            logp_B_T = token_logps(tm.model, batch)
-            nll -= float(logp_B_T.sum())
-            n += int(batch.mask_B_T.sum())
+            nll += float(sft_loss(token_logps(tm.model, batch), batch.mask_B_T, n_tokens=n_tokens))
         end_passes(tm.model, tm.pad_id, backward=False)
     tm.model.train(was_training)
-    nll, n = sum_values(accelerator, [nll, n])
-    return nll / max(n, 1)
+    return sum_values(accelerator, [nll])[0]
 
 
 # -- run folder -------------------------------------------------------------------------------------
 
 
-def _config_text(cfg: SFTFile) -> str:
-    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+def _snapshot(cfg: SFTFile) -> dict[str, Any]:
+    return json.loads(cfg.model_dump_json())
 
 
 def _prepare_folder(out: Path, cfg: SFTFile, fresh: bool) -> None:
     """Save the resolved config; refuse to resume a run whose result-changing settings differ."""
-    path = out / "config.yaml"
     if fresh:
         for name in ("checkpoints", "final"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
-    elif path.is_file() and (out / "checkpoints").is_dir():
-        old = yaml.safe_load(path.read_text(encoding="utf-8"))
-        new = json.loads(cfg.model_dump_json())
-        for d in (old, new):
-            for key in RESUMABLE_CHANGES:
-                d.get("sft", {}).pop(key, None)
-        if old != new:
-            raise ConfigError(f"{out} holds an SFT run with a different config ({path}); rerun with --fresh "
-                              "to start over there, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, _config_text(cfg))
+    elif latest_checkpoint(out) is not None:
+        check_config(out / CONFIG, _snapshot(cfg), command="SFT", resumable=RESUMABLE_CHANGES,
+                     normalise=lambda saved: _snapshot(SFTFile.model_validate(saved)),
+                     hint="rerun with --fresh, or choose another --out")
+    save_config(out, _snapshot(cfg))
 
 
 def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.name.startswith("step-") and (p / "trainer.pt").is_file())
-
-
-def _save_checkpoint(out: Path, step: int, tm: Any, optimizer: Any, scheduler: Any, keep: int) -> None:
-    """Write into a hidden folder and rename it: a crash mid-write leaves no half checkpoint. A sharded
-    model's weights and optimizer state are gathered first (every process calls this; the main one writes)."""
-    import torch
-
+def _save(out: Path, step: int, tm: Any, optimizer: Any, scheduler: Any, keep: int, main: bool) -> None:
+    """A checkpoint after ``step`` steps. A sharded model's weights and optimizer state are gathered first
+    (every process calls this; the main one writes)."""
     from genevolve.evolve.model import save_model
 
-    final = out / "checkpoints" / f"step-{step:06d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if is_main_process(tm.model):
-        shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tm, tmp / "model")
-    trainable, optimizer_full = trainable_state(tm.model), optimizer_state(tm.model, optimizer)
-    if not is_main_process(tm.model):
-        return
-    state = {
-        "step": step,
-        "trainable": trainable,
-        "optimizer": optimizer_full,
-        "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
-    torch.save(state, tmp / "trainer.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    state = {"trainable": trainable_state(tm.model), "optimizer": optimizer_state(tm.model, optimizer),
+             "scheduler": scheduler.state_dict()}
+    save_checkpoint(out, step, state, keep=keep, write_model=lambda folder: save_model(tm, folder), main=main)
 
 
 def _resume(out: Path, tm: Any, optimizer: Any, scheduler: Any) -> int:
-    """Load the newest complete checkpoint into the live objects; return its step (0 if none)."""
-    import torch
-
-    found = _checkpoints(out)
-    if not found:
+    """Load the newest checkpoint into the live objects (and the RNG states); return its step (0 if none)."""
+    folder = latest_checkpoint(out)
+    if folder is None:
         return 0
-    state = torch.load(found[-1] / "trainer.pt", weights_only=False, mmap=True)  # mmap: processes share pages
+    state = load_checkpoint(folder)
     load_trainable_state(tm.model, state["trainable"])
     load_optimizer_state(tm.model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return int(state["step"])
-
-
-class _Metrics:
-    """Append-only metrics.jsonl, one fsynced line per record; lines past ``keep_through`` (written
-    after the checkpoint a run resumes from) are dropped first."""
-
-    def __init__(self, path: Path, keep_through: int) -> None:
-        self.path = path
-        if path.is_file():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= keep_through:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a torn last line
-            write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-class _progress:
-    """A rich progress bar (steps, loss, eval loss), or nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
-
-    def __enter__(self) -> Callable[[float | None, float | None], None]:
-        if not self.enabled:
-            return lambda loss, eval_loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"))
-        self._bar.start()
-        task = self._bar.add_task("sft", total=self.total, completed=self.start, info="")
-
-        def advance(loss: float | None, eval_loss: float | None) -> None:
-            info = f"loss {loss:.4f}" + (f" · eval {eval_loss:.4f}" if eval_loss is not None else "")
-            self._bar.update(task, advance=1, info=info)
-
-        return advance
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.stop()

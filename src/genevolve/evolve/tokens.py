@@ -6,7 +6,7 @@ policy generates from, so the learner scores what was sampled, in the context it
 The teacher of Visual Experience Distillation scores the *student's* assistant tokens under another
 system prompt: ``with_system`` builds that conversation, ``aligned_positions`` pairs the two views'
 assistant tokens (asserting they are the same ids) and ``teacher_logps`` returns teacher log-probs in
-the student's layout.
+the student's layout (the learner's ``score`` runs it).
 
 Axis letters: ``B`` sequences, ``T`` token positions (right-padded), ``V`` vocabulary, ``P`` scored
 positions.
@@ -15,7 +15,7 @@ positions.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,25 +120,24 @@ def aligned_positions(student: TokenView, teacher: TokenView) -> tuple[list[int]
     return s_pos, t_pos
 
 
-def teacher_logps(model: Any, students: Sequence[TokenView], teachers: Sequence[TokenView | None],
-                  pad_id: int, *, temperature: float = 1.0) -> Tensor:
-    """Teacher log-probs of the students' assistant tokens, in the students' ``[B, T]`` layout.
+def teacher_logps(score: Callable[[list[TokenView]], list[Tensor]], students: Sequence[TokenView],
+                  teachers: Sequence[TokenView | None]) -> list[Tensor | None]:
+    """Teacher log-probs of the students' assistant tokens, each ``[len(student)]`` in the student's layout
+    (0 off its mask).
 
-    ``teachers[b]`` is student b's conversation under the teacher's system prompt, or None for a
-    row without an experience bundle (its row stays 0: such rows add no distillation signal).
-    Runs without gradient: the teacher is a constant.
+    ``teachers[b]`` is student b's conversation under the teacher's system prompt, or None for a row
+    without an experience bundle (its entry is None: such rows add no distillation signal).
+    ``score(views)`` returns each view's no-grad log-probs ``[len(view)]`` (``token_logps`` in micro-batches:
+    the learner's own pass); it is called once, with the teacher views, even when there are none, so that
+    every process of a sharded model runs its passes.
     """
     import torch
 
-    t = max(len(v) for v in students)
-    out_B_T = torch.zeros((len(students), t), dtype=torch.float32)
     rows = [b for b, v in enumerate(teachers) if v is not None]
-    if not rows:
-        return out_B_T
-    batch = collate([teachers[b] for b in rows], pad_id)
-    with torch.no_grad():
-        scored = token_logps(model, batch, temperature=temperature).cpu()
-    for i, b in enumerate(rows):
-        s_pos, t_pos = aligned_positions(students[b], teachers[b])
-        out_B_T[b, s_pos] = scored[i, t_pos]
-    return out_B_T
+    scored = score([teachers[b] for b in rows])  # type: ignore[misc]
+    out: list[Tensor | None] = [None] * len(students)
+    for b, t_logp in zip(rows, scored, strict=True):
+        s_pos, t_pos = aligned_positions(students[b], teachers[b])  # type: ignore[arg-type]
+        out[b] = torch.zeros(len(students[b]), dtype=torch.float32)
+        out[b][s_pos] = t_logp[t_pos].float()  # type: ignore[index]
+    return out

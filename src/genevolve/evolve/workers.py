@@ -50,9 +50,10 @@ class EnvSpec(RunConfig):
     plus what the group sampler needs. Built into a ``GroupSampler`` by :func:`build_sampler`."""
 
     program_judge: BackendSpec | None = Field(None, description="program-sufficiency judge; required when alpha > 0")
-    k: int = Field(6, ge=2, description="rollouts per request (paper: 6)")
-    alpha: float = Field(0.5, ge=0, le=1, description="reward weight of the program score (paper: 0.5)")
-    concurrency: int = Field(4, ge=1, description="rollouts in flight at once in each worker")
+    # evolve.k, evolve.alpha and evolve.concurrency (rl_config.EvolveConfig declares them): values, no defaults
+    k: int = Field(description="evolve.k")
+    alpha: float = Field(description="evolve.alpha")
+    concurrency: int = Field(description="evolve.concurrency (in each worker)")
     images_dir: str | None = Field(None, description="where rendered images go (a shared path with Ray workers)")
     base_seed: int = Field(0, description="seeds of rollout k of group g at step s derive from it (groups.py)")
 

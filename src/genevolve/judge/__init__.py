@@ -1,6 +1,6 @@
 """Judges: (request, image, GT) in, a four-dimension rubric Score out. ``kind -> "module:Class"``."""
 
-from genevolve.judge.base import Judge, Score, overall
+from genevolve.judge.base import Judge, JudgeError, Score, overall
 
 JUDGES: dict[str, str] = {
     "heuristic": "genevolve.judge.heuristic:HeuristicJudge",
@@ -10,4 +10,4 @@ JUDGES: dict[str, str] = {
     "world-sufficiency": "genevolve.world.judge:WorldSufficiencyJudge",
 }
 
-__all__ = ["JUDGES", "Judge", "Score", "overall"]
+__all__ = ["JUDGES", "Judge", "JudgeError", "Score", "overall"]

@@ -61,6 +61,16 @@ def snap(x: float) -> float:
     return 0.0 if x < 0.25 else 0.5 if x < 0.75 else 1.0
 
 
+class JudgeError(RuntimeError):
+    """No usable judgement (an expected failure, as ``RenderError`` is for renderers): the server failed after
+    its retries, or no reply parsed after re-asking. The caller records it as ``judge_error`` (reward 0);
+    bugs raise anything else. ``raw`` holds the judge's last reply (empty when none came)."""
+
+    def __init__(self, message: str, raw: str = "") -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
 class Judge(ABC):
     name: str = "judge"
 

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from genevolve.judge.base import Judge, Score, snap
+from genevolve.judge.base import Judge, JudgeError, Score, snap
 from genevolve.judge.cache import JudgeCache, cache_key
 from genevolve.policy.base import Constraint, PolicyError, Sampling
 from genevolve.policy.openai_compat import OpenAIPolicy, Structured
@@ -60,15 +60,6 @@ _FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 REASK = ("Your reply could not be used: {error}. Reply again with only the JSON object that the schema "
          "describes, with no other text.")
-
-
-class JudgeError(RuntimeError):
-    """No usable judgement: the server failed after its retries, or no reply parsed after re-asking.
-    ``raw`` holds the judge's last reply (empty when none came), for the failure record."""
-
-    def __init__(self, message: str, raw: str = "") -> None:
-        super().__init__(message)
-        self.raw = raw
 
 
 # -- parsing -----------------------------------------------------------------------------------

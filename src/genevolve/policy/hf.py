@@ -26,6 +26,7 @@ import functools
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,19 @@ def _torch_dtype(torch: Any, dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def _load(
-    source: str, *, device: str, dtype: str, trust_remote_code: bool, gguf_file: str | None
-) -> tuple[Any, Any, Any]:
-    """Load ``(model, tokenizer, processor)``; ``processor`` is None for text-only models."""
+@dataclass(frozen=True)
+class Loaded:
+    """A model in memory with its tokenizer and processor (None for text-only models): what ``HFPolicy``
+    builds from a path, or takes as it is (``HFPolicy.from_objects``). ``label`` names it by default."""
+
+    model: Any
+    tokenizer: Any
+    processor: Any
+    label: str
+
+
+def _load(source: str, *, device: str, dtype: str, trust_remote_code: bool, gguf_file: str | None) -> Loaded:
+    """Load the model, its tokenizer and its processor from ``source`` onto ``device``."""
     torch = require("torch", "local")
     transformers = require("transformers", "local")
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -113,14 +123,15 @@ def _load(
         model = auto.from_pretrained(source, dtype=_torch_dtype(torch, dtype, device), **kw)
     except OSError as exc:
         raise ConfigError(f"cannot load HF policy model {source!r}: {exc}") from exc
-    return model.to(device), tokenizer, processor
+    return Loaded(model.to(device), tokenizer, processor, source)
 
 
 class HFPolicy(Policy):
     """Generate with a local transformers model.
 
     Args:
-        model: hub id or local folder (or the folder holding ``gguf_file``).
+        model: hub id or local folder (or the folder holding ``gguf_file``), or a ``Loaded`` model in memory
+            (what ``from_objects`` passes).
         device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or ``auto`` (cuda when available).
         dtype: ``auto`` (see module docstring), ``float32``, ``bfloat16`` or ``float16``.
         adapter: folder of a PEFT LoRA adapter to apply on top of the model.
@@ -145,7 +156,7 @@ class HFPolicy(Policy):
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | Loaded,
         device: str = "cpu",
         dtype: str = "auto",
         adapter: str | Path | None = None,
@@ -160,86 +171,20 @@ class HFPolicy(Policy):
         think_max_chars: int | None = None,
         torch_threads: int | None = None,
     ) -> None:
-        if device == "auto":
-            device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
-        model_obj, tokenizer, processor = _load(
-            str(model), device=device, dtype=dtype, trust_remote_code=trust_remote_code, gguf_file=gguf_file
-        )
-        self._setup(
-            model_obj,
-            tokenizer,
-            processor,
-            adapter=adapter,
-            accepts_images=accepts_images,
-            max_concurrency=max_concurrency,
-            name=name or f"hf:{model}",
-            max_image_side=max_image_side,
-            logits_processor_factory=logits_processor_factory,
-            structured=structured,
-            think_max_chars=think_max_chars,
-            torch_threads=torch_threads,
-        )
-
-    @classmethod
-    def from_objects(
-        cls,
-        model: Any,
-        tokenizer: Any = None,
-        processor: Any = None,
-        *,
-        adapter: str | Path | None = None,
-        accepts_images: bool | None = None,
-        max_concurrency: int = 1,
-        name: str | None = None,
-        max_image_side: int = DEFAULT_MAX_SIDE,
-        logits_processor_factory: LogitsProcessorFactory | None = None,
-        structured: bool = False,
-        think_max_chars: int | None = None,
-        torch_threads: int | None = None,
-    ) -> HFPolicy:
-        """Wrap an already-built model with its tokenizer and/or processor (tests, training loops)."""
-        if tokenizer is None and processor is None:
-            raise ConfigError("HFPolicy.from_objects needs a tokenizer or a processor")
-        tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", processor)
-        if processor is not None and getattr(processor, "image_processor", None) is None:
-            processor = None
-        self = cls.__new__(cls)
-        label = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
-        self._setup(
-            model,
-            tokenizer,
-            processor,
-            adapter=adapter,
-            accepts_images=accepts_images,
-            max_concurrency=max_concurrency,
-            name=name or f"hf:{label}",
-            max_image_side=max_image_side,
-            logits_processor_factory=logits_processor_factory,
-            structured=structured,
-            think_max_chars=think_max_chars,
-            torch_threads=torch_threads,
-        )
-        return self
-
-    def _setup(
-        self,
-        model: Any,
-        tokenizer: Any,
-        processor: Any,
-        *,
-        adapter: str | Path | None,
-        accepts_images: bool | None,
-        max_concurrency: int,
-        name: str,
-        max_image_side: int,
-        logits_processor_factory: LogitsProcessorFactory | None,
-        structured: bool = False,
-        think_max_chars: int | None = None,
-        torch_threads: int | None = None,
-    ) -> None:
+        if structured and logits_processor_factory is not None:
+            raise ConfigError("structured=True brings its own logits_processor_factory (llguidance); "
+                              "pass one or the other")
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be >= 1")
+        if isinstance(model, Loaded):
+            loaded = model
+        else:
+            if device == "auto":
+                device = "cuda" if require("torch", "local").cuda.is_available() else "cpu"
+            loaded = _load(str(model), device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           gguf_file=gguf_file)
+        name = name or f"hf:{loaded.label}"
         if structured:
-            if logits_processor_factory is not None:
-                raise ValueError("structured=True brings its own logits_processor_factory (llguidance); pass one or the other")
             from genevolve.policy.guided import llguidance_factory
 
             logits_processor_factory = llguidance_factory
@@ -247,21 +192,20 @@ class HFPolicy(Policy):
         if think_max_chars is not None:
             self.think_max_chars = think_max_chars
         self.torch_threads = torch_threads
-        vlm = processor is not None
+        vlm = loaded.processor is not None
         if accepts_images and not vlm:
             raise ConfigError(f"{name}: accepts_images=True but the model has no image processor (not a VLM)")
-        if max_concurrency < 1:
-            raise ConfigError("max_concurrency must be >= 1")
+        model_obj = loaded.model
         if adapter is not None:
             peft = require("peft", "local")
             if not Path(adapter).is_dir():
                 raise ConfigError(f"{name}: LoRA adapter folder {str(adapter)!r} does not exist")
-            model = peft.PeftModel.from_pretrained(model, str(adapter))
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.processor = processor  # None for text-only models
+            model_obj = peft.PeftModel.from_pretrained(model_obj, str(adapter))
+        self.model = model_obj.eval()
+        self.tokenizer = loaded.tokenizer
+        self.processor = loaded.processor  # None for text-only models
         self.accepts_images = vlm if accepts_images is None else accepts_images
-        self.encoder = ChatEncoder(tokenizer, processor, accepts_images=self.accepts_images,
+        self.encoder = ChatEncoder(self.tokenizer, self.processor, accepts_images=self.accepts_images,
                                    max_image_side=max_image_side)
         self.name = name
         self.adapter = str(adapter) if adapter is not None else None
@@ -271,6 +215,24 @@ class HFPolicy(Policy):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_concurrency, thread_name_prefix="hf-policy"
         )
+
+    @classmethod
+    def from_objects(cls, model: Any, tokenizer: Any = None, processor: Any = None, **options: Any) -> HFPolicy:
+        """Wrap an already-built model with its tokenizer and/or processor (tests, training loops).
+        ``options`` are the constructor's (``name``, ``adapter``, ``structured``, ``max_concurrency``, ...);
+        those that load a model (``device``, ``dtype``, ``trust_remote_code``, ``gguf_file``) do not apply."""
+        loading = sorted(set(options) & {"device", "dtype", "trust_remote_code", "gguf_file"})
+        if loading:
+            raise TypeError(f"HFPolicy.from_objects: {', '.join(loading)} only apply when loading a model")
+        if tokenizer is None and processor is None:
+            raise ConfigError("HFPolicy.from_objects needs a tokenizer or a processor")
+        tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", processor)
+        if processor is not None and getattr(processor, "image_processor", None) is None:
+            processor = None
+        label = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        self = cls.__new__(cls)
+        HFPolicy.__init__(self, Loaded(model, tokenizer, processor, label), **options)  # not a subclass's loader
+        return self
 
     # -- prompt ---------------------------------------------------------------------------------
 
