@@ -31,9 +31,11 @@ replica holds the same weights after each update. Learner metrics are summed ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,16 @@ EVAL_SEED_STEP = 1_000_000
 
 
 # -- the run ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[phase]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t
 
 
 class _MainFailed:
@@ -273,26 +285,18 @@ class EvolveRun:
         return out
 
     def step(self, step: int) -> StepResult | None:
-        """One step. With several processes the main one returns the record; the others return None."""
+        """One step, in the order of its phases (their names are the keys of ``metrics["seconds"]``):
+
+        sample → select → extract (the main process) → views → old / teacher / reference log-probs →
+        update (every process, on its share of the rows). With several processes the main one returns
+        the record; the others return None."""
         seconds: dict[str, float] = {}
-        plan = None
-        if self.is_main:
-            try:
-                plan = self._plan(step, seconds)
-            except BaseException:
-                self._share(_MainFailed())  # let the other processes stop instead of waiting out the timeout
-                raise
-        specs = self._share(plan["specs"] if plan else None)
-        if isinstance(specs, _MainFailed):
-            raise RuntimeError(f"step {step}: the main process failed while sampling; its error says why")
-        t = time.perf_counter()
-        rows, info = self._rows(specs)
-        seconds["views"] = time.perf_counter() - t
-        learned: dict[str, Any] = {"seconds": {}}
-        if rows:
-            learned = self.learner.step(rows)
+        plan = self._on_main(step, lambda: self._plan(step, seconds))
+        with _timed(seconds, "views"):
+            rows, info = self._rows(plan["specs"])
+        learned = self.learner.step(rows) if rows else {"seconds": {}}  # score, loss, update
         seconds.update(learned.pop("seconds"))
-        if plan is None:
+        if not self.is_main:
             return None
         metrics = {"step": step, **_reward_metrics(plan["rollouts"]), **plan["metrics"], **info,
                    "bundle_cosines": plan["cosines"], **learned,
@@ -302,32 +306,51 @@ class EvolveRun:
 
     def _plan(self, step: int, seconds: dict[str, float]) -> dict[str, Any]:
         """The main process's share of a step: sample, select, extract; the rows to train on."""
+        from genevolve.evolve.experience import select_pairs
+
+        with _timed(seconds, "sample"):
+            groups = self._sample(step)
+        with _timed(seconds, "select"):
+            selection = select_pairs(groups, min_gap=self.ev.experience.min_gap,
+                                     max_pairs=self.ev.experience.max_pairs)
+        with _timed(seconds, "extract"):
+            bundles = asyncio.run(self._extract(selection.pairs, step))
+            for bundle in bundles:
+                self.memory.add(bundle)
+        matches = self.memory.lookup_many([g[0].request for g in groups], step=step)
+        return {"rollouts": [r for g in groups for r in g], "specs": self._specs(groups, matches),
+                "cosines": [round(m.cosine, 3) for m in matches if m is not None],
+                "metrics": {"pairs": len(selection.pairs), "pairs_skipped": selection.skipped,
+                            "bundles_added": len(bundles), "memory": self.memory.stats()}}
+
+    def _specs(self, groups: list[list[Rollout]], matches: list[Any]) -> list[tuple[Any, float, str | None]]:
+        """Per rollout: (trajectory, group advantage, teacher system prompt or None when no bundle matched)."""
         import torch
 
-        from genevolve.evolve.experience import select_pairs
         from genevolve.evolve.losses import group_advantages
 
-        t = time.perf_counter()
-        groups = self._sample(step)
-        seconds["sample"] = time.perf_counter() - t
-        t = time.perf_counter()
-        selection = select_pairs(groups, min_gap=self.ev.experience.min_gap, max_pairs=self.ev.experience.max_pairs)
-        seconds["select"] = time.perf_counter() - t
-        t = time.perf_counter()
-        bundles = asyncio.run(self._extract(selection.pairs, step))
-        for bundle in bundles:
-            self.memory.add(bundle)
-        seconds["extract"] = time.perf_counter() - t
-        matches = self.memory.lookup_many([g[0].request for g in groups], step=step)
-        specs = []  # (trajectory, group advantage, teacher system prompt or None)
+        specs = []
         for group, match in zip(groups, matches, strict=True):
             advantages = group_advantages(torch.tensor([r.reward.value for r in group]), scale=self.ev.advantage_scale)
             guide = None if match is None else self.agent.system_prompt_with(match.bundle.to_guide())
             specs += [(r.trajectory, adv, guide) for r, adv in zip(group, advantages.tolist(), strict=True)]
-        return {"rollouts": [r for g in groups for r in g], "specs": specs,
-                "cosines": [round(m.cosine, 3) for m in matches if m is not None],
-                "metrics": {"pairs": len(selection.pairs), "pairs_skipped": selection.skipped,
-                            "bundles_added": len(bundles), "memory": self.memory.stats()}}
+        return specs
+
+    def _on_main(self, step: int, plan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``plan()`` on the main process; its rows reach every process (the others get ``{"specs": ...}``).
+        When the main process fails, the others are told, so they stop instead of waiting out the timeout."""
+        if not self.is_main:
+            specs = self._share(None)
+            if isinstance(specs, _MainFailed):
+                raise RuntimeError(f"step {step}: the main process failed while sampling; its error says why")
+            return {"specs": specs}
+        try:
+            result = plan()
+        except BaseException:
+            self._share(_MainFailed())
+            raise
+        self._share(result["specs"])
+        return result
 
     def _share(self, value: Any) -> Any:
         """The main process's ``value`` on every process (itself without several)."""
