@@ -80,7 +80,7 @@ def test_evolve_on_two_processes_matches_one_and_resumes(tmp_path):
     (got,) = [json.loads(line) for line in (tmp_path / "double" / "metrics.jsonl").read_text().splitlines()]
     assert (want["processes"], got["processes"]) == (1, 2)
     learner_keys = ("loss", "grpo_loss", "ved_loss", "grad_norm", "clip_frac_low", "clip_frac_high",
-                    "teacher_student_gap")
+                    "teacher_student_gap", "logp_gap_mean", "logp_gap_max")
     assert want["teacher_student_gap"] is not None  # step 0 had bundles, so the gap is compared
     skip = (*learner_keys, "processes")
     rest = {k: v for k, v in _comparable(want).items() if k not in skip}  # the rollouts: exactly the same

@@ -4,6 +4,8 @@ update, metrics, checkpoints, and a resume after a crash mid-step that redoes ex
 from __future__ import annotations
 
 import json
+import os
+import uuid
 
 import pytest
 
@@ -39,7 +41,11 @@ class ColorImages(ImageSearchBackend):
         out = []
         for i, colour in enumerate([(200, 30, 30), (30, 30, 200)][:top_k]):
             path = f"{self.folder}/{i}.png"
-            Image.new("RGB", (16, 16), colour).save(path)
+            # written beside, then renamed: a concurrent rollout must never read a half-written file (it
+            # would count as an unusable reference, a failure the run being compared does not have)
+            tmp = f"{path}.{uuid.uuid4().hex}.png"
+            Image.new("RGB", (16, 16), colour).save(tmp)
+            os.replace(tmp, path)
             out.append(RetrievedImage(title=f"{query} {i}", path=path))
         return out
 
