@@ -39,6 +39,51 @@ def _genevolve() -> str:
     return shutil.which("genevolve", path=str(Path(sys.executable).parent)) or shutil.which("genevolve") or "genevolve"
 
 
+def launch_sft_pair(tmp_path: Path, model_extra: dict, **settings) -> list[str]:
+    """`genevolve sft` on tiny rows: in this process into ``single/``, and the same config with ``model_extra``
+    on two processes into ``double/``. Returns the two-process command (to relaunch it)."""
+    import json
+
+    import yaml
+
+    from genevolve.evolve.sft import run_sft
+    from tests.test_evolve_sft import SUBJECTS, TINY, config, row
+    from tests.test_policy_hf import make_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    make_tokenizer().save_pretrained(tok_dir)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(row(s)) + "\n" for s in SUBJECTS * 3))
+    model = {"path": str(tok_dir), "from_config": TINY}
+    run_sft(config(tmp_path / "single", data, model, **settings), progress=False)
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path / "double", data, {**model, **model_extra}, **settings)
+                                   .model_dump(mode="json")))
+    command = [_genevolve(), "sft", "--config", str(path)]
+    result = _launch(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return command
+
+
+def same_sft_records(got: list[dict], want: list[dict], rel: float) -> None:
+    assert [(r["step"], r["kind"]) for r in got] == [(r["step"], r["kind"]) for r in want]
+    for g, w in zip(got, want, strict=True):
+        for key in ("loss", "context_loss", "grad_norm", "eval_loss", "tokens", "lr", "epoch"):
+            if key in w:
+                assert g[key] == pytest.approx(w[key], rel=rel), (w["step"], key)
+
+
+def same_final_weights(a_dir: Path, b_dir: Path, rtol: float, atol: float) -> None:
+    from genevolve.evolve.model import load_model
+    from genevolve.evolve.train_config import ModelSpec
+    from tests.test_evolve_sft import trainable
+
+    a, b = (trainable(load_model(ModelSpec(path=str(d / "final")))) for d in (a_dir, b_dir))
+    assert sorted(a) == sorted(b)
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=rtol, atol=atol)
+
+
 def test_two_processes_match_one(tmp_path):
     from tests.accelerate_learner import main
 
@@ -119,39 +164,16 @@ def test_sft_on_two_processes_matches_one_and_resumes(tmp_path):
     evaluations and final weights equal a one-process run's, and a relaunch resumes from a checkpoint."""
     import json
 
-    import yaml
+    from tests.test_evolve_sft import metric_lines
 
-    from genevolve.evolve.model import load_model
-    from genevolve.evolve.sft import run_sft
-    from genevolve.evolve.train_config import ModelSpec
-    from tests.test_evolve_sft import SUBJECTS, TINY, config, metric_lines, row, trainable
-    from tests.test_policy_hf import make_tokenizer
-
-    tok_dir = tmp_path / "tok"
-    make_tokenizer().save_pretrained(tok_dir)
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps(row(s)) + "\n" for s in SUBJECTS * 3))
-    model = {"path": str(tok_dir), "from_config": TINY}
     settings = {"max_steps": 4, "grad_accum": 3, "batch_size": 2, "context_loss": 1.0, "context_frac": 0.5}
-    run_sft(config(tmp_path / "single", data, model, **settings), progress=False)
-    cfg = config(tmp_path / "double", data, model, **settings)
-    path = tmp_path / "sft.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    command = [_genevolve(), "sft", "--config", str(path)]
-    result = _launch(command)
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = launch_sft_pair(tmp_path, {}, **settings)
 
     def same_records(got, want):
-        assert [(r["step"], r["kind"]) for r in got] == [(r["step"], r["kind"]) for r in want]
-        for g, w in zip(got, want, strict=True):
-            for key in ("loss", "context_loss", "grad_norm", "eval_loss", "tokens", "lr", "epoch"):
-                if key in w:
-                    assert g[key] == pytest.approx(w[key], rel=1e-4), (w["step"], key)
+        same_sft_records(got, want, rel=1e-4)
 
     def same_weights(a_dir, b_dir):
-        a, b = (trainable(load_model(ModelSpec(path=str(d / "final")))) for d in (a_dir, b_dir))
-        for name, value in a.items():
-            torch.testing.assert_close(b[name], value, rtol=1e-3, atol=1e-5)
+        same_final_weights(a_dir, b_dir, rtol=1e-3, atol=1e-5)
 
     want = metric_lines(tmp_path / "single")
     assert any(r["kind"] == "eval" for r in want) and all("context_loss" in r for r in want if r["kind"] == "train")

@@ -57,41 +57,19 @@ def test_fsdp_sft_matches_one_process_and_resumes(tmp_path):
     on the other) and five held-out rows in batches of two (two batches against one). Losses, evaluations,
     gradient norms and final weights equal the unsharded one-process run's; the final folder loads as a
     plain HF model; a relaunch after losing the last checkpoint ends the same."""
-    import yaml
 
-    from genevolve.evolve.model import load_model
-    from genevolve.evolve.sft import run_sft
-    from genevolve.evolve.train_config import ModelSpec
-    from tests.test_evolve_sft import SUBJECTS, TINY, config, metric_lines, row, trainable
-    from tests.test_policy_hf import make_tokenizer
+    from tests.test_evolve_accelerate import launch_sft_pair, same_final_weights, same_sft_records
+    from tests.test_evolve_sft import metric_lines
 
-    tok_dir = tmp_path / "tok"
-    make_tokenizer().save_pretrained(tok_dir)
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps(row(s)) + "\n" for s in SUBJECTS * 3))
-    model = {"path": str(tok_dir), "from_config": TINY}
     settings = {"max_steps": 4, "grad_accum": 3, "batch_size": 2, "eval_frac": 0.25, "context_loss": 1.0,
                 "context_frac": 0.5}
-    run_sft(config(tmp_path / "single", data, model, **settings), progress=False)
-    cfg = config(tmp_path / "double", data, {**model, "fsdp": True}, **settings)
-    path = tmp_path / "sft.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    command = [_genevolve(), "sft", "--config", str(path)]
-    result = _launch(command)
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = launch_sft_pair(tmp_path, {"fsdp": True}, **settings)
 
     def same_records(got, want):
-        assert [(r["step"], r["kind"]) for r in got] == [(r["step"], r["kind"]) for r in want]
-        for g, w in zip(got, want, strict=True):
-            for key in ("loss", "context_loss", "grad_norm", "eval_loss", "tokens", "lr", "epoch"):
-                if key in w:
-                    assert g[key] == pytest.approx(w[key], rel=1e-5), (w["step"], key)
+        same_sft_records(got, want, rel=1e-5)
 
     def same_weights(a_dir, b_dir):
-        a, b = (trainable(load_model(ModelSpec(path=str(d / "final")))) for d in (a_dir, b_dir))
-        assert sorted(a) == sorted(b)
-        for name, value in a.items():
-            torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-6)
+        same_final_weights(a_dir, b_dir, rtol=1e-4, atol=1e-6)
 
     want = metric_lines(tmp_path / "single")
     assert json.loads((tmp_path / "single" / "data.json").read_text())["n_eval"] == 5
