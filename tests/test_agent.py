@@ -240,3 +240,15 @@ def test_prompt_style_comes_from_the_policy_unless_the_config_names_one(tools):
     assert compact == Agent(ScriptedPolicy([]), tools, AgentConfig(prompt="compact")).system_prompt
     assert Agent(policy, tools, AgentConfig(prompt="full")).system_prompt == Agent(ScriptedPolicy([]), tools).system_prompt
     assert len(Agent(ScriptedPolicy([]), tools).system_prompt) > 4 * len(compact)
+
+
+def test_image_lines_name_web_sources_but_not_local_paths():
+    from genevolve.agent import format_image_lines
+    from genevolve.types import RetrievedImage
+
+    images = [RetrievedImage(img_id="IMG_001", title="cat", page_url="https://example.org/cat", path="/x/a.png"),
+              RetrievedImage(img_id="IMG_002", title="dog", page_url="file:///home/me/dog.png", path="/x/b.png"),
+              RetrievedImage(img_id="IMG_003", title="fox", page_url="openmoji:1F98A", path="/x/c.png")]
+    text = format_image_lines("q", "3 images", images, with_images=False)
+    assert text.splitlines() == ["3 images", "IMG_001: cat (source: https://example.org/cat)", "IMG_002: dog",
+                                 "IMG_003: fox"]

@@ -357,3 +357,14 @@ def test_unscaled_advantages_reach_the_rows(tmp_path, tok_dir):
     plan = run._plan(0, {})
     advantages = [adv for _, adv, _ in plan["specs"]]
     assert advantages == pytest.approx([-0.05, 0.05] * 2, abs=1e-6)  # r - mean; the std form gives ±0.707
+
+
+def test_evolve_refuses_autocast_before_the_model_loads(tmp_path, tok_dir, monkeypatch):
+    from genevolve.evolve import model
+    from genevolve.registry import ConfigError
+
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    cfg = make_config(tmp_path, tok_dir, tmp_path / "x")
+    cfg.model = cfg.model.model_copy(update={"autocast": "bfloat16"})
+    with pytest.raises(ConfigError, match="model.autocast is for SFT"):
+        EvolveRun(cfg, progress=False)

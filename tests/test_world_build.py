@@ -19,7 +19,7 @@ SIZES = {"bench": 32, "rl": 16, "sft": 16}
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("world")
-    build_world(out, seed=3, sizes=SIZES, wiki=False)
+    build_world(out, seed=3, sizes=SIZES, wiki=False, rephrase=0.5)
     return out
 
 
@@ -70,6 +70,24 @@ def test_sft_rows_load_as_valid_trajectories(world_dir: Path):
         assert {c.arguments["skill_name"] for c in traj.tool_calls if c.name == "query_knowledge"} == set(req.skills)
     sft = load_dataset(world_dir / "sft.jsonl")
     assert sft.kind == "sft" and len(sft.items) == SIZES["sft"]
+
+
+def test_rephrased_requests_are_sft_only_and_the_expert_solves_them(world_dir: Path):
+    world = load_world(world_dir)
+    free = [r for r in world.requests if r.wording == "free"]
+    manifest = json.loads((world_dir / "manifest.json").read_text())
+    assert free and manifest["n_rephrased"] == len(free) and {r.split for r in free} == {"sft"}
+    fresh = {r.id: r for r in generate(len(world.requests) * 2, seed=3)}
+    assert all(r.question != fresh[r.id].question for r in free if r.id in fresh)
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (world_dir / "sft.jsonl").read_text().splitlines()}
+    for req in free:  # the row asks the reworded question and still ends with the GT references
+        traj = trajectory_from_sft_row(rows[req.id], root=world_dir)
+        assert traj.request == req.question and traj.ok, traj.failure
+
+
+def test_image_results_show_no_local_paths(world_dir: Path):
+    text = (world_dir / "sft.jsonl").read_text()
+    assert "IMG_001" in text and "file://" not in text and str(world_dir) not in text
 
 
 def test_generation_is_deterministic_and_unique():

@@ -96,7 +96,10 @@ def format_image_lines(query: str, header: str, images: Sequence[RetrievedImage]
     ``<image>`` placeholder where the picture is attached (VLM policies)."""
     lines = [header or f"Image results for {query!r}:"]
     for image in images:
-        source = f" (source: {image.page_url or image.url})" if (image.page_url or image.url) else ""
+        page = image.page_url or image.url or ""
+        # a web page says where the picture comes from; a local path or library key only costs tokens
+        # (about a third of an embedded rollout's image results) and leaks the user's folders into data
+        source = f" (source: {page})" if page.startswith(("http://", "https://")) else ""
         if image.path is None:
             lines.append(f"{image.img_id}: {image.title}{source} [unusable: {image.error or 'not downloaded'}]")
         else:

@@ -155,6 +155,9 @@ class EvolveRun:
         if self.ev.rollout.backend == "server" and (env.policy is None or env.policy.kind != "openai"):
             raise ConfigError("rollout.backend 'server' needs env.policy of kind 'openai' pointed at the inference "
                               "server (vLLM or SGLang)")
+        if model.autocast is not None:
+            raise ConfigError("model.autocast is for SFT: RL compares the learner's log-probs with the sampler's, and "
+                              "bfloat16 rounding (~1e-2 nats) would swamp that check; remove it from the evolve config")
         if self.ev.rollout.lora_sync is not None and model.lora is None and model.adapter is None:
             raise ConfigError("rollout.lora_sync publishes a LoRA adapter: set model.lora (or evolve.init_from "
                               "an SFT adapter)")

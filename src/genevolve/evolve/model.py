@@ -46,6 +46,17 @@ class TrainModel:
     def trainable_parameters(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def autocast(self) -> Any:
+        """The mixed-precision context of ``spec.autocast`` for forward passes (a no-op when unset)."""
+        import contextlib
+
+        import torch
+
+        if self.spec.autocast is None:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=getattr(torch, self.spec.autocast))
+
 
 def resolve_path(path: str) -> str:
     """``embedded`` -> the converted SmolLM2 folder in the cache (converting once); else unchanged."""

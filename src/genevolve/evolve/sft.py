@@ -207,7 +207,8 @@ def _train_step(tm: Any, step_views: list[list[TokenView]], max_grad_norm: float
         mask_B_T = batch.mask_B_T
         if ctx_B_T is not None:
             batch.mask_B_T = mask_B_T | ctx_B_T  # one forward scores both kinds of position
-        logp_B_T = token_logps(tm.model, batch)
+        with tm.autocast():
+            logp_B_T = token_logps(tm.model, batch)
         loss = sft_loss(logp_B_T, mask_B_T, n_tokens=n_tokens)  # this micro-batch's share of the step's mean
         total += float(loss.detach())
         if ctx_B_T is not None and n_context:
@@ -237,7 +238,9 @@ def evaluate(tm: Any, views: list[TokenView], batch_size: int, accelerator: Any 
     with torch.no_grad():
         for i in range(0, len(views), batch_size):
             batch = collate(views[i:i + batch_size], tm.pad_id)
-            nll += float(sft_loss(token_logps(tm.model, batch), batch.mask_B_T, n_tokens=n_tokens))
+            with tm.autocast():
+                logp_B_T = token_logps(tm.model, batch)
+            nll += float(sft_loss(logp_B_T, batch.mask_B_T, n_tokens=n_tokens))
         end_passes(tm.model, tm.pad_id, backward=False)
     tm.model.train(was_training)
     return sum_values(accelerator, [nll])[0]

@@ -199,8 +199,9 @@ async def expert_rows(out: Path, reqs: list[WorldRequest], wiki: bool, concurren
 
 
 def build_world(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None, wiki: bool = True,
-                progress: bool = False) -> dict[str, Any]:
-    """Build (or rebuild) a world in ``out``; returns the manifest."""
+                rephrase: float = 0.0, progress: bool = False) -> dict[str, Any]:
+    """Build (or rebuild) a world in ``out``; returns the manifest. ``rephrase``: the share of SFT requests
+    asked in a free-form wording (``genevolve.world.phrasing``) instead of their template's."""
     from genevolve.world.facts import load_countries, load_things
     from genevolve.world.library import write_corpus, write_library
     from genevolve.world.splits import assign, check_splits
@@ -229,6 +230,7 @@ def build_world(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None 
     kept = _trim(kept, total, seed)
     lap("gt_images")
     assign(kept, sizes, seed)
+    n_rephrased = rephrase_split(kept, "sft", rephrase, seed)
     counts = check_splits(kept)
     write_jsonl(out / "requests.jsonl", [r.model_dump(mode="json") for r in kept])
     for split in ("bench", "rl"):
@@ -241,9 +243,31 @@ def build_world(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None 
     lap("expert")
     manifest = {"version": WORLD_VERSION, "seed": seed, "sizes": sizes, "counts": counts, "n_requests": len(kept),
                 "n_gt_dropped": len(dropped), "gt_dropped": dropped[:50], "n_corpus_docs": n_docs,
-                "n_sft_ok": sum(r["ok"] for r in rows), "wiki": wiki, "timings": timings}
+                "n_sft_ok": sum(r["ok"] for r in rows), "wiki": wiki, "rephrase": rephrase,
+                "n_rephrased": n_rephrased, "timings": timings}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
+
+
+def rephrase_split(reqs: list[WorldRequest], split: str, share: float, seed: int) -> int:
+    """Ask a seeded ``share`` of ``split``'s requests in a free-form wording; returns how many changed.
+    A wording that another request already uses keeps its template's (questions stay unique)."""
+    from genevolve.world.phrasing import rephrase
+
+    if share <= 0:
+        return 0
+    rng = random.Random(f"{seed}|rephrase")
+    questions = {r.question for r in reqs}
+    changed = 0
+    for req in reqs:
+        if req.split != split or rng.random() >= share:
+            continue
+        new = rephrase(req.question, rng)
+        if new != req.question and new not in questions:
+            questions.add(new)
+            req.question, req.wording = new, "free"
+            changed += 1
+    return changed
 
 
 def _trim(reqs: list[WorldRequest], total: int, seed: int) -> list[WorldRequest]:

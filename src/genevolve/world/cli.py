@@ -19,6 +19,8 @@ def build(
     rl: Annotated[int, typer.Option(min=0, help="RL split size")] = 808,
     sft: Annotated[int, typer.Option(min=0, help="SFT split size (each gets an expert trajectory)")] = 1000,
     wiki: Annotated[bool, typer.Option("--wiki/--no-wiki", help="text search also over the 10,033 Wikipedia summaries")] = True,
+    rephrase: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of SFT requests asked in a free-form "
+                                                                    "wording instead of their template's")] = 0.0,
 ) -> None:
     """Write DIR/bench.jsonl, rl.jsonl, sft.jsonl, requests.jsonl, images/, library/, corpus/ and configs."""
     from rich.console import Console
@@ -30,7 +32,8 @@ def build(
         console.print("[red]error:[/red] all split sizes are 0")
         raise typer.Exit(2)
     with console.status(f"building world seed {seed} into {out}…"):
-        m = build_world(out, seed=seed, sizes={"bench": bench, "rl": rl, "sft": sft}, wiki=wiki)
+        m = build_world(out, seed=seed, sizes={"bench": bench, "rl": rl, "sft": sft}, wiki=wiki,
+                        rephrase=rephrase)
     secs = sum(m["timings"].values())
     console.print(f"{m['version']}: {m['n_requests']} requests {m['counts']} in {secs:.1f} s "
                   f"({m['n_gt_dropped']} GT programs failed their own checks and were left out); "

@@ -34,6 +34,8 @@ from genevolve.types import Turn
 from genevolve.world.records import ORDINAL_WORDS, EntitySlot, Fact, WorldRequest, render_parts
 
 SKIP_SKILL, FORGET_FACT, DISTRACTOR = 0.7, 0.5, 0.4
+#: results per text search: the fact document ranks first or second; more results only lengthen the context
+SEARCH_TOP_K = 3
 _IMG_LINE = re.compile(r"^(IMG_\d{3,}): (.*?)(?: \(source: [^)]*\))?(?: \[unusable[^\]]*\])?(?: <image>)?$", re.M)
 
 
@@ -47,7 +49,7 @@ class Plan:
     distract: set[str] = field(default_factory=set)  # slots that get a look-alike
 
     def actions(self) -> list[ToolCall]:
-        calls = [ToolCall("search", {"queries": [f.query]}) for f in self.req.facts if f not in self.forgotten]
+        calls = [ToolCall("search", {"queries": [f.query], "top_k": SEARCH_TOP_K}) for f in self.req.facts if f not in self.forgotten]
         seen: set[str] = set()
         for s in self.req.entities:
             q = self.query(s)

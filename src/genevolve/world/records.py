@@ -64,6 +64,7 @@ class WorldRequest(_Rec):
     category: str
     difficulty: str  # medium | hard
     template: str  # template id; (template, entities) is unique in a world
+    wording: str = "template"  # "free": the question was reworded (genevolve.world.phrasing), same meaning
     skills: list[str]  # skills that matter (the expert calls them)
     entities: list[EntitySlot]
     texts: list[str] = Field(default_factory=list)  # required readable texts, exact
