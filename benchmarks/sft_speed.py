@@ -1,5 +1,6 @@
 """SFT speed on this machine: token-view building, then seconds per optimizer step and tokens/s for
-a tiny Llama from config (SmolLM2 tokenizer), SmolLM2-135M with LoRA, and SmolLM2-135M full.
+a tiny Llama from config (SmolLM2 tokenizer), SmolLM2-135M with LoRA, and SmolLM2-135M full, each of
+the last two also under bfloat16 autocast (``model.autocast``).
 
     python benchmarks/sft_speed.py --data runs/world/sft.jsonl [--rows 16] [--steps 3] [--only tiny]
 
@@ -24,6 +25,9 @@ SETUPS = {
                                                  "tie_word_embeddings": True}},
     "smollm2-lora": {"path": "embedded", "lora": {"r": 16, "alpha": 32}},
     "smollm2-full": {"path": "embedded"},
+    # mixed precision (model.autocast): the forward and backward in bfloat16, weights and AdamW in float32
+    "smollm2-lora-bf16": {"path": "embedded", "lora": {"r": 16, "alpha": 32}, "autocast": "bfloat16"},
+    "smollm2-full-bf16": {"path": "embedded", "autocast": "bfloat16"},
 }
 
 
