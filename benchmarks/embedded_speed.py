@@ -1,4 +1,5 @@
-"""Time the embedded stack: cold vs warm `genevolve run`, grammar vs plain decoding, peak memory.
+"""Time the embedded stack: cold vs warm `genevolve run`, grammar vs plain decoding, the policy's prefix
+cache and batching (before vs after, in one process), peak memory.
 
     python benchmarks/embedded_speed.py                     # everything (cold + warm: ~10+ min on 2 cores)
     python benchmarks/embedded_speed.py --quick             # no cold run, 2 decode contexts, 2 policy calls
@@ -6,7 +7,8 @@
 
 CLI runs: ``genevolve run REQUEST --seed S`` in a child process. Cold is the first run in an empty
 temporary ``GENEVOLVE_CACHE`` (GGUF conversion and index builds included), warm the second run on the
-same cache; both use the same seed, so they decode the same turns. Phases come from the run's
+same cache; both use the same seed, so they decode the same turns; "warm, no cache" repeats the warm run
+with the policy's prefix cache off (``kv_cache_tokens: 0``, the path before it). Phases come from the run's
 trajectory.json (policy, tools, total = the agent loop); "outside" is wall time minus the agent loop
 (imports, model load, rendering, writing). Peak memory is the child's max RSS (``os.wait4``).
 With ``--quick`` the runs use ``--cache`` (default: your cache root), primed by one untimed run
@@ -22,6 +24,16 @@ logits-processor call). Mask ms is the grammar processor's own time per token (c
 token, fill the bitmask, apply it). Setup is what a turn pays once: building the processor plus the
 first mask's excess over a typical one (llguidance compiles lazily there; the first tool grammar in a
 process costs seconds, later ones milliseconds); the verdict is given without and with it.
+
+Policy calls (each case in a child process that builds the embedded policy, makes one untimed warm-up
+call, then starts from an empty prefix cache): the agent loop with the embedded tools on ``--request``. One
+rollout (seed 0) with the prefix cache off (before) and on (after): policy seconds per call and generated
+tokens/s. Then K = ``--rollouts`` concurrent rollouts (seeds 0..K-1, ``max_concurrency`` K): one
+``generate`` per thread without the cache (before), with it, and batched (``batching``) without and with
+it (after): rollouts per minute, the share of prompt tokens the cache supplied, the mean batch. Each pair
+is also compared turn by turn (same seeds): turns that say the same up to each rollout's first
+difference, and the largest log-prob gap, which is float rounding (batch shapes, cached vs recomputed
+states). Max RSS is the case's child process's (``os.wait4``).
 
 Timings on a shared 2-core machine are fragile: torch runs 2 threads, and another busy process can
 slow decoding several-fold, so the 1-minute load average is recorded before each measurement.
@@ -66,15 +78,9 @@ def genevolve_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "genevolve.cli"]
 
 
-def cli_run(label: str, request: str, out: Path, cache: Path, *, seed: int, config: Path | None) -> dict[str, Any]:
-    """One ``genevolve run`` in a child process: wall time, max RSS, and the trajectory's timings."""
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [*genevolve_cmd(), "run", request, "--out", str(out), "--seed", str(seed), "--quiet"]
-    if config is not None:
-        cmd += ["--config", str(config)]
+def run_child(cmd: list[str], out: Path, cache: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` with ``GENEVOLVE_CACHE=cache``, output in ``out``: exit code, wall seconds, its max RSS in MB."""
     env = {**os.environ, "GENEVOLVE_CACHE": str(cache)}
-    print(f"[{label}] {' '.join(cmd[1:])}  (GENEVOLVE_CACHE={cache})", flush=True)
-    load_before = os.getloadavg()[0]
     with open(out / "stdout.txt", "wb") as stdout, open(out / "stderr.txt", "wb") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env)
@@ -85,9 +91,20 @@ def cli_run(label: str, request: str, out: Path, cache: Path, *, seed: int, conf
             proc.wait()
             raise
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    rss_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    row: dict[str, Any] = {"run": label, "rc": proc.returncode, "wall_s": wall, "max_rss_mb": rss_mb,
+    return (os.waitstatus_to_exitcode(status), wall,
+            usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024))
+
+
+def cli_run(label: str, request: str, out: Path, cache: Path, *, seed: int, config: Path | None) -> dict[str, Any]:
+    """One ``genevolve run`` in a child process: wall time, max RSS, and the trajectory's timings."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [*genevolve_cmd(), "run", request, "--out", str(out), "--seed", str(seed), "--quiet"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    print(f"[{label}] {' '.join(cmd[1:])}  (GENEVOLVE_CACHE={cache})", flush=True)
+    load_before = os.getloadavg()[0]
+    rc, wall, rss_mb = run_child(cmd, out, cache)
+    row: dict[str, Any] = {"run": label, "rc": rc, "wall_s": wall, "max_rss_mb": rss_mb,
                            "load_before": load_before}
     traj_path = out / "trajectory.json"
     if traj_path.is_file():
@@ -114,11 +131,11 @@ def print_cli(rows: list[dict[str, Any]]) -> None:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    print(f"\n{'run':8s} {'wall s':>8s} {'policy s':>9s} {'tools s':>8s} {'agent s':>8s} {'outside s':>10s} "
+    print(f"\n{'run':15s} {'wall s':>8s} {'policy s':>9s} {'tools s':>8s} {'agent s':>8s} {'outside s':>10s} "
           f"{'max RSS MB':>11s} {'calls':>6s} {'load':>5s}  stop")
     for r in rows:
         calls = f"{r.get('n_policy_calls', '-')}/{r.get('n_tool_calls', '-')}"
-        print(f"{r['run']:8s} {f(r['wall_s']):>8s} {f(r.get('policy_s')):>9s} {f(r.get('tools_s')):>8s} "
+        print(f"{r['run']:15s} {f(r['wall_s']):>8s} {f(r.get('policy_s')):>9s} {f(r.get('tools_s')):>8s} "
               f"{f(r.get('total_s')):>8s} {f(r.get('outside_s')):>10s} {r['max_rss_mb']:11.0f} {calls:>6s} "
               f"{r['load_before']:5.2f}  "
               f"{r.get('stop_reason', '-')} (rc {r['rc']}{', image' if r['image'] else ''})")
@@ -316,6 +333,131 @@ def print_decode(d: dict[str, Any]) -> None:
         print("+ : hit max_tokens before the grammar completed")
 
 
+# -- policy calls: prefix cache and batching ------------------------------------------------------
+
+
+def embedded_config(budget: int | None, **policy: Any) -> dict[str, Any]:
+    """The embedded stack with these policy options. A config that names a policy gets none of the embedded
+    agent's settings, so the whole stack is written out."""
+    from genevolve.defaults import embedded_defaults
+
+    data = embedded_defaults()
+    data["policy"] |= policy
+    if budget is not None:
+        data["agent"]["max_policy_calls"] = budget
+    return data
+
+
+def rollout_case(request: str, k: int, budget: int | None, policy: dict[str, Any]) -> dict[str, Any]:
+    """K concurrent rollouts of ``request`` (seeds 0..K-1) on a freshly built embedded policy (run in a child
+    process, so each case has its own peak RSS): timings and each rollout's assistant turns."""
+    from genevolve.agent import RolloutState
+    from genevolve.config import build_agent, load_config
+    from genevolve.policy import Sampling
+    from genevolve.types import Turn
+
+    agent = build_agent(load_config(overrides=embedded_config(budget, max_concurrency=k, **policy)))
+    pol = agent.policy
+    warm = [Turn(role="system", content=agent.system_prompt), Turn(role="user", content=DECODE_REQUESTS[2])]
+    asyncio.run(pol.areply(warm, sampling=Sampling(max_tokens=8, seed=0),  # untimed: first-call work, grammar compile
+                           constraint=agent.constraint_factory(RolloutState(request=DECODE_REQUESTS[2], round=1))))
+    if pol.kv_cache is not None:  # start from an empty cache, as a fresh process would
+        pol.kv_cache.clear()
+        pol.kv_cache.stats.__init__()
+    load_before = os.getloadavg()[0]
+
+    async def rollouts() -> list:
+        return list(await asyncio.gather(*(agent.arun(request, seed=s) for s in range(k))))
+
+    start = time.perf_counter()
+    trajs = asyncio.run(rollouts())
+    wall = time.perf_counter() - start
+    turns = [[(t.content, t.logprobs) for t in traj.turns if t.role == "assistant"] for traj in trajs]
+    tokens = sum(len(t.token_ids or pol.tokenizer(t.content, add_special_tokens=False)["input_ids"])
+                 + (t.stop_token_id is not None) for traj in trajs for t in traj.turns if t.role == "assistant")
+    calls = sum(traj.n_policy_calls for traj in trajs)
+    batcher = pol._batcher
+    return {"rollouts": k, "wall_s": wall, "rollouts_per_min": k / wall * 60, "calls": calls,
+            "policy_s_per_call": sum(traj.timings["policy"] for traj in trajs) / max(calls, 1),
+            "tokens": tokens, "tok_s": tokens / wall, "load_before": load_before,
+            "prompt_tokens_reused": pol.kv_cache.stats.hit_rate if pol.kv_cache is not None else 0.0,
+            "mean_batch": batcher.row_steps / batcher.steps if batcher is not None and batcher.steps else 1.0,
+            "torch_threads": torch_threads(), "options": policy, "turns": turns}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def agreement(ref: list, got: list) -> dict[str, Any]:
+    """How the assistant turns of ``got`` compare with ``ref``'s (per rollout ``[(text, logprobs)]``, same
+    seeds): turns equal up to each rollout's first difference (after it the conversations part), rollouts
+    equal throughout, and the largest log-prob gap over equal turns."""
+    same_rollouts = same_turns = compared = 0
+    max_dlogp = 0.0
+    for xs, ys in zip(ref, got, strict=True):
+        equal = len(xs) == len(ys)
+        for (x, x_logps), (y, y_logps) in zip(xs, ys, strict=False):  # a rollout that parted may have fewer turns
+            compared += 1
+            if x != y:
+                equal = False
+                break
+            same_turns += 1
+            max_dlogp = max([max_dlogp, *(abs(p - q) for p, q in zip(x_logps, y_logps, strict=False))])
+        same_rollouts += equal
+    return {"rollouts_equal": same_rollouts, "rollouts": len(ref), "turns_equal": same_turns,
+            "turns_compared": compared, "max_abs_dlogp": max_dlogp}
+
+
+def policy_bench(cache: Path, work: Path, *, request: str, k: int, budget: int | None) -> dict[str, Any]:
+    """Before/after on the same machine: one rollout with the prefix cache off and on, then K concurrent
+    rollouts with one generate per thread (the old path, then with the cache) and batched (without and with
+    the cache). Each case runs in a child process (``--case``)."""
+    cases = [("1 rollout, no cache", 1, {"kv_cache_tokens": 0}),
+             ("1 rollout, cache", 1, {}),
+             (f"{k} rollouts, threads, no cache", k, {"batching": False, "kv_cache_tokens": 0}),
+             (f"{k} rollouts, threads, cache", k, {"batching": False}),
+             (f"{k} rollouts, batched, no cache", k, {"kv_cache_tokens": 0}),
+             (f"{k} rollouts, batched, cache", k, {})]
+    rows, trajs = [], {}
+    for i, (label, n, options) in enumerate(cases):
+        out = work / f"case{i}"
+        out.mkdir(parents=True, exist_ok=True)
+        spec = {"request": request, "k": n, "budget": budget, "policy": options, "out": str(out / "case.json")}
+        print(f"[policy] {label}", flush=True)
+        rc, _, rss_mb = run_child([sys.executable, __file__, "--case", json.dumps(spec)], out, cache)
+        if rc != 0:
+            raise RuntimeError(f"case {label!r} failed:\n{(out / 'stderr.txt').read_text()[-3000:]}")
+        row = json.loads((out / "case.json").read_text(encoding="utf-8"))
+        trajs[label] = row.pop("turns")
+        rows.append({"case": label, **row, "max_rss_mb": rss_mb})
+    compare = [("1 rollout, no cache", "1 rollout, cache"),
+               (f"{k} rollouts, threads, no cache", f"{k} rollouts, threads, cache"),
+               (f"{k} rollouts, threads, cache", f"{k} rollouts, batched, cache"),
+               (f"{k} rollouts, threads, no cache", f"{k} rollouts, batched, no cache")]
+    return {"request": request, "k": k, "max_policy_calls": budget, "cases": rows,
+            "agreement": [{"ref": a, "got": b, **agreement(trajs[a], trajs[b])} for a, b in compare]}
+
+
+def print_policy(d: dict[str, Any]) -> None:
+    print(f"\npolicy calls: {d['request']!r}, seeds 0..K-1, max {d['max_policy_calls'] or 'default'} calls a rollout")
+    print(f"{'case':32s} {'wall s':>7s} {'roll/min':>8s} {'calls':>5s} {'s/call':>7s} {'tokens':>6s} {'tok/s':>6s} "
+          f"{'reused':>6s} {'batch':>5s} {'max RSS':>8s} {'load':>5s}")
+    for r in d["cases"]:
+        print(f"{r['case']:32s} {r['wall_s']:7.1f} {r['rollouts_per_min']:8.2f} {r['calls']:5d} "
+              f"{r['policy_s_per_call']:7.2f} {r['tokens']:6d} {r['tok_s']:6.1f} {r['prompt_tokens_reused']:6.0%} "
+              f"{r['mean_batch']:5.1f} {r['max_rss_mb']:8.0f} {r['load_before']:5.2f}")
+    print("s/call: policy seconds per call as a rollout waits for it (queueing included); tok/s: generated tokens "
+          "over wall time; reused: share of prompt tokens the prefix cache supplied; batch: mean rows per decode step; "
+          "max RSS: the case's process, MB")
+    for a in d["agreement"]:
+        print(f"{a['got']} vs {a['ref']}: {a['rollouts_equal']}/{a['rollouts']} rollouts and "
+              f"{a['turns_equal']}/{a['turns_compared']} turns say the same (to the first difference); "
+              f"max |dlogp| {a['max_abs_dlogp']:.1e}")
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -332,10 +474,21 @@ def main() -> None:
                                                          "stack's; 2 with --quick)")
     ap.add_argument("--max-tokens", type=int, help="decode benchmark max_tokens (default 512; 96 with --quick)")
     ap.add_argument("--repeats", type=int, default=1, help="decode runs per context and mode; the fastest is kept")
-    ap.add_argument("--skip-decode", action="store_true", help="only the CLI runs")
+    ap.add_argument("--skip-decode", action="store_true", help="no decode speed section")
+    ap.add_argument("--skip-policy", action="store_true", help="no prefix cache / batching section")
+    ap.add_argument("--rollouts", type=int, default=8, help="concurrent rollouts of the batching cases (K)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary cache and run folders")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: one policy case, in a child process
     args = ap.parse_args()
+    if args.case:
+        spec = json.loads(args.case)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        row = rollout_case(spec["request"], spec["k"], spec["budget"], spec["policy"])
+        Path(spec["out"]).write_text(json.dumps(row), encoding="utf-8")
+        return
 
     work = Path(tempfile.mkdtemp(prefix="genevolve-speed-"))
     cache = args.cache or (cache_root() if args.quick else work / "cache")
@@ -347,6 +500,8 @@ def main() -> None:
     if budget is not None:
         config = work / "run.yaml"
         config.write_text(f"agent: {{max_policy_calls: {budget}}}\n", encoding="utf-8")
+    no_cache = work / "no-cache.yaml"  # the same stack with the policy's prefix cache off (JSON is YAML)
+    no_cache.write_text(json.dumps(embedded_config(budget, kv_cache_tokens=0)), encoding="utf-8")
 
     rows = []
     try:
@@ -356,11 +511,12 @@ def main() -> None:
             prime = cli_run("prime", args.request, work / "prime", cache, seed=args.seed, config=config)
             print(f"[prime] untimed first run in {cache}: {prime['wall_s']:.1f} s")
         rows.append(cli_run("warm", args.request, work / "warm", cache, seed=args.seed, config=config))
+        rows.append(cli_run("warm, no cache", args.request, work / "warm-nc", cache, seed=args.seed, config=no_cache))
         print_cli(rows)
-        if len(rows) == 2 and rows[0].get("assistant_sha") != rows[1].get("assistant_sha"):
-            print("note: cold and warm runs decoded different turns (same seed), so their policy times differ "
+        if len({r.get("assistant_sha") for r in rows}) > 1:
+            print("note: the runs decoded different turns (same seed), so their policy times differ "
                   "in work, not only in speed")
-        warm = rows[-1]
+        warm = next(r for r in rows if r["run"] == "warm")
         ok = warm["max_rss_mb"] < MEMORY_TARGET_MB
         print(f"peak memory (warm run): {warm['max_rss_mb']:.0f} MB "
               f"({'within' if ok else 'NOT within'} the {MEMORY_TARGET_MB} MB target)")
@@ -373,6 +529,10 @@ def main() -> None:
             max_tokens = args.max_tokens or (96 if args.quick else 512)
             result["decode"] = decode_bench(cache, max_tokens=max_tokens, repeats=args.repeats, quick=args.quick)
             print_decode(result["decode"])
+        if not args.skip_policy:
+            result["policy"] = policy_bench(cache, work / "policy", request=args.request, k=args.rollouts,
+                                            budget=budget)
+            print_policy(result["policy"])
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -69,13 +69,18 @@ def converted_model_dir(root: str | Path | None = None) -> Path:
 #: trajectories, with the compact prompt (its model card, README.md beside it, has data, command, scores).
 BUNDLED_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-world"
 
+#: prefix-cache budget: 46 KB a token in float32, so about 570 MB; room for the whole context of 8 rollouts
+#: of the embedded agent's budgets (about 1,500 tokens each) while the process stays under 3 GB
+KV_CACHE_TOKENS = 12288
+
 
 class EmbeddedPolicy(HFPolicy):
     """SmolLM2-135M-Instruct with protocol-grammar decoding.
 
     ``adapter``: ``"bundled"`` (default) loads the package's LoRA adapter (``BUNDLED_ADAPTER``) and asks
     for the compact system prompt it was trained with; a folder loads that LoRA adapter; None runs the
-    base model.
+    base model. The prefix cache (``kv_cache_tokens``) and ``batching`` are on: with ``max_concurrency`` above
+    1, concurrent rollouts decode as one batch (see ``HFPolicy``).
     """
 
     prefers_structured = True
@@ -83,7 +88,8 @@ class EmbeddedPolicy(HFPolicy):
     think_max_chars = 200
 
     def __init__(self, adapter: str | Path | None = "bundled", device: str = "cpu", max_concurrency: int = 1,
-                 cache_root: str | Path | None = None, **kw: Any):
+                 cache_root: str | Path | None = None, kv_cache_tokens: int = KV_CACHE_TOKENS, batching: bool = True,
+                 **kw: Any):
         require("transformers", "local").utils.logging.disable_progress_bar()  # keep the CLI's output readable
         name = "embedded:smollm2-135m"
         if adapter == "bundled":
@@ -94,4 +100,4 @@ class EmbeddedPolicy(HFPolicy):
             self.prompt_style = "compact"
         super().__init__(str(converted_model_dir(cache_root)), device=device, dtype="float32", adapter=adapter,
                          max_concurrency=max_concurrency, name=kw.pop("name", name),
-                         structured=True, **kw)
+                         structured=True, kv_cache_tokens=kv_cache_tokens, batching=batching, **kw)

@@ -5,6 +5,11 @@ Why the choices below:
 - ``model.generate`` blocks, so it runs on a private thread pool of ``max_concurrency`` workers:
   the event loop keeps serving tools while the model decodes, and queued calls wait in the pool's
   queue rather than in the shared default executor that tool I/O also uses.
+- On a CPU the prompt's forward pass dominates a turn and a decode step costs about the same for 8 rows
+  as for 1. ``kv_cache_tokens`` keeps KV states across calls (``kv_cache.PrefixCache``: a turn computes
+  only what follows the longest stored prefix); ``batching`` sends concurrent calls to one worker that
+  decodes them as rows of a batch (``batching.DecodeBatcher``). Both are for text-only models; both keep
+  the sampled ids (up to float rounding) because every row keeps its own processors and generator.
 - Sampling draws from a per-call ``torch.Generator`` inside a logits processor (:class:`SeededSampler`)
   and lets ``generate`` run greedily over the masked scores. The usual ``manual_seed`` on the global
   RNG would make a seeded call depend on whatever other threads sample meanwhile; this way a seed
@@ -31,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from genevolve.policy.base import Constraint, Policy, PolicyError, Reply, Sampling, UnsupportedConstraint
+from genevolve.policy.batching import DecodeBatcher, batchable
 from genevolve.policy.chat_tokens import ChatEncoder, decode_exact
+from genevolve.policy.kv_cache import (
+    PrefixCache,
+    cache_for,
+    layers_of,
+    supports_prefix_cache,
+    weights_version,
+)
 from genevolve.policy.messages import DEFAULT_MAX_SIDE, to_hf_messages
 from genevolve.registry import ConfigError, require
 from genevolve.types import Turn
@@ -126,6 +139,21 @@ def _load(source: str, *, device: str, dtype: str, trust_remote_code: bool, gguf
     return Loaded(model.to(device), tokenizer, processor, source)
 
 
+@dataclass
+class _Call:
+    """One prepared call: what ``generate`` (or the batcher) decodes from, and how."""
+
+    inputs: Any  # BatchFeature on the model's device
+    processors: Any  # LogitsProcessorList: the constraint's processor, then the sampler
+    proc: Any  # the constraint's processor (it records forced spans), or None
+    max_new: int
+    temperature: float  # of Reply.logprobs (1 for greedy)
+    cacheable: bool  # token inputs only: the prefix cache and the batcher apply
+
+    def __post_init__(self) -> None:
+        self.ids: list[int] = self.inputs["input_ids"][0].tolist()
+
+
 class HFPolicy(Policy):
     """Generate with a local transformers model.
 
@@ -148,6 +176,14 @@ class HFPolicy(Policy):
         torch_threads: torch's intra-op threads in each generate thread (None: the process's setting). A
             tiny model decodes several times faster with 1: its matmuls are too small to split, and
             split work waits on busy cores.
+        kv_cache_tokens: token budget of the prefix cache of KV states kept across calls (0: off). A turn then
+            computes only the part of its prompt no stored prompt shares: the previous turn's reply and the
+            tool's response, not the whole conversation. Text-only models with full attention; memory is
+            about ``2 * layers * kv_heads * head_dim * 4`` bytes a token in float32 (46 KB for SmolLM2-135M).
+            Emptied when the weights change. See ``genevolve.policy.kv_cache``.
+        batching: decode up to ``max_concurrency`` concurrent calls as rows of one batch, instead of one
+            ``generate`` per thread (text-only models with full attention). Same seed, same draws, up to
+            float rounding. See ``genevolve.policy.batching``.
     """
 
     torch_threads: int | None = None
@@ -170,12 +206,16 @@ class HFPolicy(Policy):
         structured: bool = False,
         think_max_chars: int | None = None,
         torch_threads: int | None = None,
+        kv_cache_tokens: int = 0,
+        batching: bool = False,
     ) -> None:
         if structured and logits_processor_factory is not None:
             raise ConfigError("structured=True brings its own logits_processor_factory (llguidance); "
                               "pass one or the other")
         if max_concurrency < 1:
             raise ConfigError("max_concurrency must be >= 1")
+        if kv_cache_tokens < 0:
+            raise ConfigError("kv_cache_tokens must be >= 0 (0 turns the prefix cache off)")
         if isinstance(model, Loaded):
             loaded = model
         else:
@@ -215,6 +255,18 @@ class HFPolicy(Policy):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_concurrency, thread_name_prefix="hf-policy"
         )
+        text_only = self.processor is None
+        self._kv = (PrefixCache(kv_cache_tokens) if kv_cache_tokens and text_only and supports_prefix_cache(self.model)
+                    else None)
+        self._batcher = None
+        if batching and max_concurrency > 1 and text_only and batchable(self.model):
+            self._batcher = DecodeBatcher(self.model, end_ids=self._end_ids(), max_batch=max_concurrency,
+                                          prefix_cache=self._kv, torch_threads=torch_threads)
+
+    @property
+    def kv_cache(self) -> PrefixCache | None:
+        """The prefix cache (None when off); ``kv_cache.stats`` says how many prompt tokens it saved."""
+        return self._kv
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any = None, processor: Any = None, **options: Any) -> HFPolicy:
@@ -285,10 +337,20 @@ class HFPolicy(Policy):
 
     def _generate(self, turns: list[Turn], sampling: Sampling, constraint: Constraint | None) -> Reply:
         import torch
-        from transformers import LogitsProcessorList
 
         if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)  # per thread: this generate thread only
+        call = self._prepare(turns, sampling, constraint)
+        if self._batcher is not None and call.cacheable:
+            new_ids, logprobs = self._batcher.submit(call.ids, call.processors, call.max_new, call.temperature).result()
+        else:
+            new_ids, logprobs = self._run_generate(call)
+        return self._reply(call, new_ids, logprobs)
+
+    def _prepare(self, turns: list[Turn], sampling: Sampling, constraint: Constraint | None) -> _Call:
+        """The call's model inputs, its logits processors (constraint, then sampler) and token budget."""
+        from transformers import LogitsProcessorList
+
         processors = LogitsProcessorList()
         proc: Any = None
         if constraint is not None:
@@ -312,28 +374,48 @@ class HFPolicy(Policy):
             raise PolicyError(f"{self.name}: the conversation is {n_prompt} tokens, beyond the model's context "
                               f"of {limit}; shorten the request or lower the agent's budgets")
         max_new = sampling.max_tokens if limit is None else min(sampling.max_tokens, limit - n_prompt)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": False}
+        # the prefix cache and the batcher hold token states only: no pixel inputs, no VLM position schemes
+        cacheable = self.processor is None and set(inputs) == {"input_ids", "attention_mask"}
+        return _Call(inputs, processors, proc, max_new, sampling.temperature or 1.0, cacheable)
+
+    def _run_generate(self, call: _Call) -> tuple[list[int], list[float]]:
+        """One ``generate`` for one call, from the prefix cache's longest matching entry when there is one."""
+        import torch
+
+        kwargs: dict[str, Any] = {"max_new_tokens": call.max_new, "do_sample": False}
         pad_id = self.tokenizer.pad_token_id
         kwargs["pad_token_id"] = pad_id if pad_id is not None else self.tokenizer.eos_token_id
         if getattr(self.model.generation_config, "eos_token_id", None) is None:
             kwargs["eos_token_id"] = self.tokenizer.eos_token_id  # else it would always run to max_tokens
+        kv = self._kv if call.cacheable else None
+        version = None
+        if kv is not None:
+            version = weights_version(self.model)
+            kv.check_weights(version)
+            hit = kv.lookup(call.ids)
+            kwargs["cache"] = cache_for(hit.layers, hit.n)  # generate computes only the positions it lacks
         with torch.inference_mode():
-            out = self.model.generate(**inputs, logits_processor=processors, output_logits=True,
+            out = self.model.generate(**call.inputs, logits_processor=call.processors, output_logits=True,
                                       return_dict_in_generate=True, **kwargs)
-        new_T = out.sequences[0, inputs["input_ids"].shape[1] :]
-        text = self.tokenizer.decode(new_T, skip_special_tokens=True)
-        new_ids = new_T.tolist()
-        single = getattr(proc, "single_choice", None)
+        new_ids = out.sequences[0, len(call.ids):].tolist()
+        cache = getattr(out, "cache", None)
+        if kv is not None and cache is not None and weights_version(self.model) == version:
+            n = cache.get_seq_length()  # the last sampled token was never fed back
+            kv.store(out.sequences[0, :n].tolist(), layers_of(cache), continuation=True)
+        return new_ids, _sampled_logprobs(out.logits, new_ids, call.temperature)
+
+    def _reply(self, call: _Call, new_ids: list[int], logprobs: list[float]) -> Reply:
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        single = getattr(call.proc, "single_choice", None)
         stopped = bool(new_ids) and new_ids[-1] in self._end_ids()
         content_ids = new_ids[:-1] if stopped else new_ids
         special = set(self.tokenizer.all_special_ids)
-        logprobs = _sampled_logprobs(out.logits, new_ids, sampling.temperature or 1.0)
         if any(i in special for i in content_ids) or decode_exact(self.tokenizer, content_ids) != text:
             content_ids, logprobs = [], []  # the ids do not reproduce the text one to one
-        return Reply(text=text, forced=self._forced(new_ids, text, getattr(proc, "forced_bytes", None)),
+        return Reply(text=text, forced=self._forced(new_ids, text, getattr(call.proc, "forced_bytes", None)),
                      forced_end=stopped and bool(single) and len(single) == len(new_ids) and single[-1],
                      token_ids=content_ids, logprobs=logprobs, stop_token_id=new_ids[-1] if stopped else None,
-                     truncated=not stopped and len(new_ids) >= max_new)
+                     truncated=not stopped and len(new_ids) >= call.max_new)
 
     def _end_ids(self) -> set[int]:
         """Token ids that end generation (the generation config's eos ids, else the tokenizer's)."""
@@ -367,6 +449,11 @@ class HFPolicy(Policy):
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+        if self._kv is not None:
+            self._kv.clear()
         self.model = None
 
 
