@@ -374,3 +374,19 @@ def test_torch_threads_apply_to_the_generate_thread(tok):
         assert torch.get_num_threads() == 2  # the caller's setting is untouched
     finally:
         torch.set_num_threads(before)
+
+
+def test_seeded_sampler_fails_the_call_clearly_when_no_token_is_allowed():
+    import torch
+
+    from genevolve.policy.base import PolicyError
+    from genevolve.policy.hf import SeededSampler
+
+    scores = torch.full((1, 8), float("-inf"))
+    with pytest.raises(PolicyError, match="no token can be sampled"):
+        SeededSampler(1.0, 1.0, seed=0)(torch.zeros(1, 1, dtype=torch.long), scores)
+    scores[0, 3] = float("nan")
+    with pytest.raises(PolicyError, match="no token can be sampled"):
+        SeededSampler(1.0, 1.0, seed=0)(torch.zeros(1, 1, dtype=torch.long), scores)
+    scores[0, 5] = 0.0  # one finite token: it is the draw
+    assert int(SeededSampler(1.0, 0.9, seed=0)(torch.zeros(1, 1, dtype=torch.long), scores).argmax()) == 5

@@ -31,7 +31,7 @@ import functools
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ class SeededSampler:
             # Only tokens a constraint left finite can be drawn: under a grammar that is often a handful,
             # so sorting and sampling over them is far cheaper than over the whole vocabulary.
             cand_C = torch.isfinite(scores[b]).nonzero().flatten()
+            if cand_C.numel() == 0:  # a grammar that allows nothing, or non-finite logits: fail this call
+                raise PolicyError("no token can be sampled: every score is -inf or NaN after the logits "
+                                  "processors (a grammar that allows no token, or a model producing NaN)")
             probs_C = torch.softmax(scores[b, cand_C].float() / self.temperature, dim=-1)
             sorted_C, order_C = probs_C.sort(descending=True)
             cum_C = sorted_C.cumsum(dim=-1)
@@ -149,9 +152,10 @@ class _Call:
     max_new: int
     temperature: float  # of Reply.logprobs (1 for greedy)
     cacheable: bool  # token inputs only: the prefix cache and the batcher apply
+    ids: list[int] = field(init=False)  # the prompt's ids
 
     def __post_init__(self) -> None:
-        self.ids: list[int] = self.inputs["input_ids"][0].tolist()
+        self.ids = self.inputs["input_ids"][0].tolist()
 
 
 class HFPolicy(Policy):
@@ -164,7 +168,8 @@ class HFPolicy(Policy):
         dtype: ``auto`` (see module docstring), ``float32``, ``bfloat16`` or ``float16``.
         adapter: folder of a PEFT LoRA adapter to apply on top of the model.
         accepts_images: feed images to the model; ``None`` = yes iff the checkpoint has an image processor.
-        max_concurrency: ``generate`` calls running at once (threads sharing one model).
+        max_concurrency: ``generate`` calls running at once (threads sharing one model); with ``batching``, the
+            rows of the one batch.
         trust_remote_code: allow model code from the checkpoint.
         gguf_file: GGUF file name inside ``model`` (text LMs only; dequantised on load).
         name: label for trajectories; default ``hf:<model>``.
