@@ -60,9 +60,12 @@ def main(out: str, accelerate: bool) -> None:
         keep = {k: metrics[k] for k in ("loss", "grad_norm")} | {"processes": learner.world}
         torch.save({"metrics": keep, "params": {n: p.detach() for n, p in model.named_parameters()}}, out)
         print(json.dumps(keep))
-    if accelerator is not None:  # every process waits, then the group goes down (as the CLI does): a process
-        accelerator.wait_for_everyone()  # leaving with collective threads running aborts
+    if accelerator is not None:  # every process waits, the group goes down and the process leaves as the CLI's do
+        from genevolve.evolve.parallel import leave_launched_process
+
+        accelerator.wait_for_everyone()
         accelerator.end_training()
+        leave_launched_process(accelerator)
 
 
 if __name__ == "__main__":

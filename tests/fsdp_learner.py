@@ -27,6 +27,19 @@ def second_rows():
 
 
 def main(out: str, fsdp: bool) -> None:
+    """Under torchrun (``fsdp``) the run sits inside ``launched_processes`` and ends with
+    ``leave_launched_process``, as the CLI's commands do (a process leaving the usual way aborted now and then
+    at exit, failing the launch after a good run)."""
+    import contextlib
+
+    from genevolve.evolve.parallel import launched_processes, leave_launched_process
+
+    with launched_processes(TIMEOUT.total_seconds()) if fsdp else contextlib.nullcontext() as accelerator:
+        run(out, fsdp, accelerator)
+    leave_launched_process(accelerator)
+
+
+def run(out: str, fsdp: bool, accelerator) -> None:
     import transformers
 
     from genevolve.evolve.learner import Learner
@@ -35,11 +48,6 @@ def main(out: str, fsdp: bool) -> None:
     from genevolve.evolve.sharding import trainable_state
     from genevolve.evolve.train_config import ModelSpec
 
-    accelerator = None
-    if fsdp:
-        from accelerate import Accelerator, InitProcessGroupKwargs
-
-        accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=TIMEOUT)])
     main_process = accelerator is None or accelerator.is_main_process
     config = transformers.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)

@@ -189,3 +189,23 @@ def test_sft_on_two_processes_matches_one_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     same_records(metric_lines(out), want)
     same_weights(tmp_path / "single", out)
+
+
+def test_a_launched_process_leaves_after_its_exit_handlers_with_its_output_flushed(tmp_path):
+    """``leave_launched_process`` skips only what follows Python's own shutdown: exit handlers still run,
+    buffered output still arrives, and the status is 0; without an accelerator it does nothing."""
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        "from genevolve.evolve.parallel import leave_launched_process\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+        "leave_launched_process(None)\n"
+        "sys.stdout.write('still here, unflushed')\n"
+        "leave_launched_process(object())\n"
+        "raise SystemExit(3)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+                                 "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "still here, unflushed"  # block-buffered (a pipe): lost unless flushed
+    assert marker.read_text() == "yes"

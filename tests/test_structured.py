@@ -105,6 +105,20 @@ def test_random_model_under_grammar_always_parses(tok, tools, seed):
         assert {r["img_id"] for r in parsed.answer["reference_images"]} <= {"IMG_003"}
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_policy_bound_on_the_prompt_reaches_the_grammar(tok, tools, seed):
+    """A random model's answers run long (the default bound is 500 characters); a policy's
+    ``prompt_max_chars`` reaches the agent's grammar, so every program it writes is that short."""
+    policy = HFPolicy.from_objects(make_llama(tok, seed=seed), tok, structured=True, think_max_chars=8,
+                                   prompt_max_chars=12)
+    cfg = AgentConfig(max_policy_calls=2, max_tool_calls=1, structured_decoding=True,
+                      sampling=Sampling(temperature=1.0, seed=seed, max_tokens=2000))
+    traj = Agent(policy, tools, cfg).run("a fox in the snow")
+    assert traj.stop_reason == StopReason.ANSWER, traj.failure
+    assert 1 <= len(traj.program.gen_prompt) <= 12
+    assert all(len(r.note) <= 12 for r in traj.program.references)  # a note is no longer than the prompt
+
+
 def test_structured_rollout_with_a_random_model_ends_with_a_program(tok, tools):
     policy = HFPolicy.from_objects(make_llama(tok, seed=7), tok, logits_processor_factory=llguidance_factory)
     cfg = AgentConfig(max_policy_calls=3, max_tool_calls=2, structured_decoding=True,

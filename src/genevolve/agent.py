@@ -157,7 +157,9 @@ class Agent:
         if constraint_factory is None and use_grammar:
             from genevolve.structured import constraint_factory as protocol_constraints
 
-            extra = {"think_max_chars": policy.think_max_chars} if hasattr(policy, "think_max_chars") else {}
+            # a policy may bound the grammar's free text (a small model trained with shorter thoughts and prompts)
+            extra = {key: getattr(policy, key) for key in ("think_max_chars", "prompt_max_chars")
+                     if hasattr(policy, key)}
             constraint_factory = protocol_constraints(
                 list(self.tools.values()), min_references=self.config.min_references,
                 max_references=self.config.max_references, max_tool_calls=self.config.max_tool_calls,

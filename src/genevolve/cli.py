@@ -251,7 +251,7 @@ def sft(
 
     Writes OUT/metrics.jsonl, OUT/checkpoints/ and OUT/final/ (adapter or model + tokenizer). Under
     `accelerate launch` or `torchrun` with several processes they train data-parallel and the main one writes."""
-    from genevolve.evolve.parallel import launched_processes
+    from genevolve.evolve.parallel import launched_processes, leave_launched_process
     from genevolve.evolve.sft import run_sft
     from genevolve.evolve.train_config import load_sft_config
 
@@ -259,13 +259,13 @@ def sft(
     cfg = load_sft_config(config, {"sft": overrides} if overrides else None)
     with launched_processes() as accelerator:
         result = run_sft(cfg, fresh=fresh, config_dir=config.parent, accelerator=accelerator)
-    if accelerator is not None and not accelerator.is_main_process:
-        return
-    if result.resumed_from:
-        console.print(f"resumed from step {result.resumed_from}")
-    losses = " · ".join(f"{name} {value:.4f}" for name, value in (("train loss", result.train_loss),
-                                                                   ("eval loss", result.eval_loss)) if value is not None)
-    console.print(f"{result.steps} steps{' · ' + losses if losses else ''}; wrote {result.final}")
+    if accelerator is None or accelerator.is_main_process:
+        if result.resumed_from:
+            console.print(f"resumed from step {result.resumed_from}")
+        losses = " · ".join(f"{name} {value:.4f}" for name, value in (("train loss", result.train_loss),
+                                                                       ("eval loss", result.eval_loss)) if value is not None)
+        console.print(f"{result.steps} steps{' · ' + losses if losses else ''}; wrote {result.final}")
+    leave_launched_process(accelerator)
 
 
 @app.command()
@@ -283,7 +283,7 @@ def evolve(
     rerunning the same command resumes from the newest checkpoint. Under `accelerate launch` or `torchrun`
     with several processes the main one samples and writes, and all of them train data-parallel."""
     from genevolve.evolve.loop import EvolveRun
-    from genevolve.evolve.parallel import launched_processes
+    from genevolve.evolve.parallel import launched_processes, leave_launched_process
     from genevolve.evolve.rl_config import load_evolve_config
 
     overrides = {k: v for k, v in (("out", str(out) if out else None), ("steps", steps)) if v is not None}
@@ -291,12 +291,11 @@ def evolve(
     with launched_processes() as accelerator:
         run = EvolveRun(cfg, config_dir=config.parent, accelerator=accelerator)
         done = run.run()
-    if not run.is_main:
-        return
-    if done:
+    if run.is_main and done:
         console.print(f"{len(done)} steps run, last reward {done[-1]['reward']:.3f}; see {cfg.evolve.out}/metrics.jsonl")
-    else:
+    elif run.is_main:
         console.print(f"nothing to do: {cfg.evolve.out} already holds {cfg.evolve.steps} steps")
+    leave_launched_process(accelerator)
 
 
 @app.command()

@@ -65,17 +65,20 @@ def tool_call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def answer_schema(image_ids: Sequence[str], *, min_references: int, max_references: int) -> dict[str, Any]:
+def answer_schema(image_ids: Sequence[str], *, min_references: int, max_references: int,
+                  prompt_max_chars: int = PROMPT_MAX_CHARS) -> dict[str, Any]:
+    """The answer's JSON schema: ``gen_prompt`` up to ``prompt_max_chars``, references chosen from ``image_ids``
+    (each note no longer than the prompt, nor than ``NOTE_MAX_CHARS``)."""
     ref: dict[str, Any] = {"type": "object", "additionalProperties": False, "required": ["img_id", "note"],
                            "properties": {"img_id": {"enum": list(image_ids)},
-                                          "note": {"type": "string", "maxLength": NOTE_MAX_CHARS,
+                                          "note": {"type": "string", "maxLength": min(NOTE_MAX_CHARS, prompt_max_chars),
                                                    "pattern": SAFE_STRING}}}
     refs: dict[str, Any] = {"type": "array", "items": ref, "minItems": min_references,
                             "maxItems": max(min(max_references, len(image_ids)), min_references)}
     if not image_ids:
         refs = {"type": "array", "maxItems": 0}
     return {"type": "object", "additionalProperties": False, "required": ["gen_prompt", "reference_images"],
-            "properties": {"gen_prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS,
+            "properties": {"gen_prompt": {"type": "string", "minLength": 1, "maxLength": prompt_max_chars,
                                           "pattern": SAFE_STRING},
                            "reference_images": refs}}
 
@@ -94,6 +97,7 @@ def protocol_grammar(
     min_references: int = 1,
     max_references: int = 2,
     think_max_chars: int = THINK_MAX_CHARS,
+    prompt_max_chars: int = PROMPT_MAX_CHARS,
 ) -> str:
     """Lark grammar for one assistant turn. ``tools`` None/empty: no tool call; ``image_ids`` None: no answer."""
     if not tools and image_ids is None:
@@ -104,7 +108,8 @@ def protocol_grammar(
         rules.append(f'tool_call: "<tool_call>\\n" call_json "\\n</tool_call>"\ncall_json: {_json_rule(tool_call_schema(tools))}')
     if image_ids is not None:
         actions.append("answer")
-        schema = answer_schema(image_ids, min_references=min_references, max_references=max_references)
+        schema = answer_schema(image_ids, min_references=min_references, max_references=max_references,
+                               prompt_max_chars=prompt_max_chars)
         rules.append(f'answer: "<answer>\\n" answer_json "\\n</answer>"\nanswer_json: {_json_rule(schema)}')
     return "\n".join([
         f'start: "<think>\\n" THINK "\\n</think>\\n" ({" | ".join(actions)})',
@@ -182,7 +187,7 @@ def _fallback_image_tool(tool: Tool, phrases: list[str]) -> Tool:
 
 def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_references: int = 2,
                        max_tool_calls: int = 10, think_max_chars: int = THINK_MAX_CHARS,
-                       grounded_queries: bool = False):
+                       prompt_max_chars: int = PROMPT_MAX_CHARS, grounded_queries: bool = False):
     """A ``ConstraintFactory`` for ``Agent``: the grammar for the rollout's current state."""
     by_name = {t.name: t for t in tools}
 
@@ -201,7 +206,8 @@ def constraint_factory(tools: Sequence[Tool], *, min_references: int = 1, max_re
         if not allowed and not can_answer:
             can_answer = True  # nothing else is possible; the answer will be recorded as invalid
         grammar = protocol_grammar(allowed, usable if can_answer else None, min_references=min(min_references, len(usable)),
-                                   max_references=max_references, think_max_chars=think_max_chars)
+                                   max_references=max_references, think_max_chars=think_max_chars,
+                                   prompt_max_chars=prompt_max_chars)
         return Constraint(kind="grammar", value=grammar)
 
     return factory

@@ -223,7 +223,8 @@ class EvolveRun:
         policy = HFPolicy.from_objects(
             self.tm.model, self.tm.tokenizer, self.tm.processor, name="hf:learner",
             structured=bool(agent_cfg.structured_decoding), think_max_chars=self.ev.think_max_chars,
-            max_concurrency=self.ev.concurrency, torch_threads=self.ev.sample_threads)
+            prompt_max_chars=self.ev.prompt_max_chars, max_concurrency=self.ev.concurrency,
+            torch_threads=self.ev.sample_threads)
         tools = build_tools(search=env.search, image_search=env.image_search, knowledge=env.knowledge,
                             download=env.download)
         return Agent(policy, tools, agent_cfg)

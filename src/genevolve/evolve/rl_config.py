@@ -148,6 +148,10 @@ class EvolveConfig(_Section):
     max_new_tokens: int | None = Field(None, ge=16, description="per policy call; null: the env's agent setting")
     think_max_chars: int | None = Field(None, ge=1, description="with structured decoding: the grammar's bound on "
                                                                 "<think> text; null: the grammar's default (400)")
+    prompt_max_chars: int | None = Field(None, ge=1, description="with structured decoding: the grammar's bound on "
+                                                                 "the answer's gen_prompt; null: the grammar's "
+                                                                 "default (500). Shorter rows cost less to sample "
+                                                                 "and to train on")
     concurrency: int = Field(4, ge=1, description="rollouts in flight at once; with local rollouts also the "
                                                   "generate threads sharing the model (one per core is a good "
                                                   "start, with OMP_NUM_THREADS=1 for a tiny model)")

@@ -178,6 +178,7 @@ class HFPolicy(Policy):
         structured: decode under the protocol grammar with llguidance (what the agent uses by default
             then; configs can say ``policy: {kind: hf, model: DIR, structured: true}``).
         think_max_chars: with ``structured``, the grammar's bound on ``<think>`` text (default 400).
+        prompt_max_chars: with ``structured``, the grammar's bound on the answer's ``gen_prompt`` (default 500).
         torch_threads: torch's intra-op threads in each generate thread (None: the process's setting). A
             tiny model decodes several times faster with 1: its matmuls are too small to split, and
             split work waits on busy cores.
@@ -210,6 +211,7 @@ class HFPolicy(Policy):
         logits_processor_factory: LogitsProcessorFactory | None = None,
         structured: bool = False,
         think_max_chars: int | None = None,
+        prompt_max_chars: int | None = None,
         torch_threads: int | None = None,
         kv_cache_tokens: int = 0,
         batching: bool = False,
@@ -236,6 +238,8 @@ class HFPolicy(Policy):
             self.prefers_structured = True
         if think_max_chars is not None:
             self.think_max_chars = think_max_chars
+        if prompt_max_chars is not None:
+            self.prompt_max_chars = prompt_max_chars
         self.torch_threads = torch_threads
         vlm = loaded.processor is not None
         if accepts_images and not vlm:
