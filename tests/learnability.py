@@ -22,6 +22,10 @@ from typing import Any
 
 from PIL import Image
 
+from genevolve.evolve.experience import SLOTS, ExperienceBundle, Pair, Provenance, RetrievalKey
+from genevolve.evolve.extractors import Extractor
+from genevolve.evolve.rl_config import EvolveFile
+from genevolve.evolve.rollout import Rollout
 from genevolve.judge.base import Judge, Score
 from genevolve.tools.base_search import ImageSearchBackend
 from genevolve.types import RetrievedImage
@@ -107,3 +111,126 @@ def env_config(library: Path) -> dict[str, Any]:
             "judge": {"kind": "tests.learnability:SwatchJudge"},
             "agent": {"max_policy_calls": 2, "max_tool_calls": 1, "min_references": 1, "max_references": 1,
                       "structured_decoding": True, "prompt": "compact", "sampling": {"max_tokens": 96}}}
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+MODEL = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048}
+
+
+def make_tokenizer(library: Path) -> Any:
+    """A small BPE over the compact system prompt and the requests, so a rollout is a few hundred tokens."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from genevolve import prompts
+    from genevolve.tools.image_search import ImageSearchTool
+    from tests.test_policy_hf import TEMPLATE
+
+    system = prompts.system_prompt([ImageSearchTool(Swatches(str(library)))], max_policy_calls=2,
+                                   max_tool_calls=1, min_references=1, max_references=1, style="compact")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([system, *all_texts()] * 4, trainer)
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>")
+    hf_tok.chat_template = TEMPLATE
+    return hf_tok
+
+
+def swatch_config(tmp_path: Path, out: Path, **evolve: Any) -> EvolveFile:
+    """An evolve config for the swatch task under ``tmp_path`` (tokenizer, library, train and held-out rows);
+    ``evolve`` overrides the settings of the learnability test."""
+    library = tmp_path / "library"
+    library.mkdir(exist_ok=True)
+    tok_dir = tmp_path / "tok"
+    if not tok_dir.is_dir():
+        make_tokenizer(library).save_pretrained(tok_dir)
+    data = tmp_path / "data"
+    train = write_rows(data, TRAIN_WORDINGS, "train")
+    held = write_rows(data, EVAL_WORDINGS, "eval")
+    # one-character thoughts and prompts: nearly every sampled token is a decision (query, top_k, reference)
+    settings = {"data": str(train), "out": str(out), "steps": 20, "requests_per_step": 4, "k": 8, "alpha": 0.0,
+                "lr": 1e-2, "temperature": 1.0, "top_p": 1.0, "think_max_chars": 1, "prompt_max_chars": 1,
+                "micro_batch": 8, "mini_batches": 1, "concurrency": 2, "sample_threads": 1,
+                "save_every": 1000, "tensorboard": False, "ved": {"form": "none"},
+                "eval": {"every": 10, "k": 4, "data": str(held)}, **evolve}
+    return EvolveFile.model_validate({"model": {"path": str(tok_dir), "from_config": MODEL},
+                                      "env": env_config(library), "evolve": settings})
+
+
+# -- a policy that reads its guide (for the VED test) -------------------------------------------------------
+
+#: the one lesson of this task, as the teacher's decision guide names it
+LESSON = "Search with the colour word of the request alone, then answer with the first image it returns."
+
+
+class ColourLesson(Extractor):
+    """An experience extractor (``evolve.experience.extractor: {kind: tests.learnability:ColourLesson}``) whose
+    every bundle states ``LESSON``: a guide that names the right action, whatever the pair."""
+
+    name = "colour-lesson"
+
+    async def aextract(self, best: Rollout, worst: Rollout, *, step: int | None = None) -> ExperienceBundle:
+        return lesson_bundle(Pair(best, worst).provenance(extractor=self.name, step=step))
+
+
+def lesson_bundle(provenance: Provenance) -> ExperienceBundle:
+    return ExperienceBundle(**{slot: [LESSON] for slot in SLOTS}, provenance=provenance,
+                            key=RetrievalKey(trigger="Requests that name a colour", summary="a colour swatch"))
+
+
+def _reply(query: str, img: int) -> list[str]:
+    """The two replies of a rollout, in the grammar's exact layout (one-character thoughts and prompt)."""
+    call = json.dumps({"name": "image_search", "arguments": {"query": query, "top_k": len(COLOURS)}})
+    answer = json.dumps({"gen_prompt": "a", "reference_images": [{"img_id": f"IMG_{img:03d}", "note": "a"}]})
+    return [f"<think>\na\n</think>\n<tool_call>\n{call}\n</tool_call>",
+            f"<think>\na\n</think>\n<answer>\n{answer}\n</answer>"]
+
+
+def warm_start_rows(folder: Path, library: Path, *, per_request: int = 4, seed: int = 0,
+                    wordings: list[str] | None = None, name: str = "warm_start") -> Path:
+    """SFT rows that teach guide-following and nothing else. For each training request, ``per_request`` rows
+    under the plain system prompt search with a random phrase of the request and answer with a random image
+    (a student at chance), and as many under the teacher's system prompt (the plain one with the lesson as
+    its decision guide) search with the colour word and answer with the first image. Rollouts of the real
+    agent and tools, replayed from scripts, so every row is exactly what the loop will show. ``wordings``:
+    the requests' sentences (default ``TRAIN_WORDINGS``)."""
+    import asyncio
+    import random
+
+    from genevolve.config import build_agent, load_config
+    from genevolve.policy.scripted import ScriptedPolicy
+    from genevolve.sft_rows import trajectory_to_sft_row
+    from genevolve.structured import request_phrases
+
+    rng = random.Random(seed)
+    cfg = load_config(None, {**env_config(library), "policy": {"kind": "scripted", "responses": []}})
+    agent = build_agent(cfg)
+    teacher_system = agent.system_prompt_with(lesson_bundle(_dummy_provenance()).to_guide())
+    rows = []
+    for wording in wordings or TRAIN_WORDINGS:
+        for colour in COLOURS:
+            request = wording.format(c=colour)
+            for guided in [False] * per_request + [True] * per_request:
+                replies = _reply(colour, 1) if guided else _reply(rng.choice(request_phrases(request)),
+                                                                  rng.randint(1, len(COLOURS)))
+                agent.policy = ScriptedPolicy(replies)
+                traj = asyncio.run(agent.arun(request))
+                assert traj.program is not None, traj.failure
+                row = trajectory_to_sft_row(traj)
+                if guided:
+                    row["messages"][0]["content"] = teacher_system
+                rows.append(row)
+    rng.shuffle(rows)
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _dummy_provenance() -> Provenance:
+    """The warm start's guide has no pair behind it (the guide text does not show provenance)."""
+    return Provenance(request_id="warm-start", request="warm start", step=0, best_reward=1.0, worst_reward=0.0, gap=1.0)
