@@ -35,16 +35,15 @@ def test_grpo_learns_the_swatch_task(tmp_path):
     assert rewards[-1] >= 0.85, rewards
 
 
-def test_ved_with_a_guide_needs_fewer_rollouts_than_grpo(tmp_path):
-    """The mechanism VED claims, on the same task. A warm start (SFT) follows its decision guide but is at
-    chance without one (``warm_start_rows``); the memory holds a guide that names the right action
-    (``ColourLesson``). From that start, with the same requests and seeds, GRPO alone and GRPO with the
-    teacher's per-token signal (VED's gated form) train for 12 steps. After 6 steps VED must hold GRPO's
-    final held-out reward, and GRPO must learn. Measured: GRPO 0.38, 0.19, 0.69, 0.75, 0.75 and gated VED
-    0.38, 0.53, 0.91, 0.88, 0.94 (before training, after steps 2, 5, 8, 11); with 15 steps, GRPO 0.84 at
-    the end and VED 0.91 after 6. The paper's form (kl, lambda 2) did not learn here: in two steps
-    the shared weights stopped reading the guide (teacher - student gap 0.85 -> 0.03) and the reward fell
-    back (docs/training.md)."""
+def test_ved_with_a_guide_learns_the_swatch_task(tmp_path):
+    """VED's path end to end, with a teacher that reads its guide. A warm start (SFT) follows its decision
+    guide but is at chance without one (``warm_start_rows``); the memory holds a guide that names the right
+    action (``ColourLesson``). From that start, with the same requests and seeds, GRPO alone and GRPO with
+    the teacher's per-token signal (VED's gated form) train for 12 steps: both must learn, VED to at least
+    0.85. With the gated term's sign flipped VED ended at 0.72 (0.41 after 6 steps) and the test fails.
+    Whether VED needs fewer rollouts than GRPO is not asserted: it did on seed 0 (192 rollouts to GRPO's
+    final reward, against 384) and not on seed 1 (288 against 96); ``benchmarks/ved_learnability.py``
+    measures it over seeds."""
     from genevolve.evolve.sft import run_sft
     from genevolve.evolve.train_config import SFTFile
     from tests import learnability as L
@@ -65,5 +64,5 @@ def test_ved_with_a_guide_needs_fewer_rollouts_than_grpo(tmp_path):
         curves[name] = _rewards(out)
     grpo, ved = curves["grpo"], curves["ved"]  # held out before training and after steps 2, 5, 8, 11
     assert grpo[0] == ved[0] < 0.5, curves  # the same start, near chance without the guide
-    assert grpo[-1] >= grpo[0] + 0.2, curves  # GRPO learns: a broken update cannot hide behind a low target
-    assert ved[2] >= grpo[-1], curves  # with half the rollouts (6 steps of 12) VED is where GRPO ends
+    assert grpo[-1] >= grpo[0] + 0.2, curves  # GRPO learns: a broken update cannot hide behind VED
+    assert ved[-1] >= 0.85, curves  # measured: 0.94 (GRPO 0.75)

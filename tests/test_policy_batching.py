@@ -18,8 +18,7 @@ pytest.importorskip("llguidance")
 from genevolve.policy import Constraint, Sampling  # noqa: E402
 from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.types import Turn  # noqa: E402
-from tests.fakes import FakeImages, FakeSearch  # noqa: E402
-from tests.test_policy_hf import GREEDY, make_tokenizer  # noqa: E402
+from tests.test_policy_hf import GREEDY  # noqa: E402
 from tests.test_policy_kv_cache import (  # noqa: E402
     LOGP_TOL,
     assert_same_turns,
@@ -27,18 +26,6 @@ from tests.test_policy_kv_cache import (  # noqa: E402
     recording_factory,
     rollout,
 )
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def tools(tmp_path):
-    from genevolve.tools.knowledge import KnowledgeTool
-
-    return [FakeSearch(), FakeImages(tmp_path), KnowledgeTool()]
 
 
 @pytest.mark.parametrize("kv_cache_tokens", [0, 100_000])

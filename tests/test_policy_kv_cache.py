@@ -20,10 +20,8 @@ from genevolve.policy import Sampling  # noqa: E402
 from genevolve.policy.guided import llguidance_factory  # noqa: E402
 from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.policy.kv_cache import PrefixCache, supports_prefix_cache  # noqa: E402
-from genevolve.tools.knowledge import KnowledgeTool  # noqa: E402
 from genevolve.types import Turn  # noqa: E402
-from tests.fakes import FakeImages, FakeSearch  # noqa: E402
-from tests.test_policy_hf import llava, make_tokenizer, text_config  # noqa: E402, F401 (llava: a fixture)
+from tests.test_policy_hf import llava, text_config  # noqa: E402, F401 (llava: a fixture)
 
 LOGP_TOL = 1e-4  # float rounding reaches a few 1e-6 here (logits scaled up, see long_llama); a bug, about 1
 
@@ -59,16 +57,6 @@ class Recorder:
 
 def recording_factory(log: list):
     return lambda constraint, tokenizer: Recorder(llguidance_factory(constraint, tokenizer), log)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def tools(tmp_path):
-    return [FakeSearch(), FakeImages(tmp_path), KnowledgeTool()]  # image queries: request words (grounded)
 
 
 def rollout(policy, tools, seed: int):

@@ -17,10 +17,8 @@ from genevolve.policy.guided import GrammarLogitsProcessor, llguidance_factory  
 from genevolve.policy.hf import HFPolicy  # noqa: E402
 from genevolve.protocol import ToolCall, format_turn, parse_turn  # noqa: E402
 from genevolve.structured import constraint_factory, protocol_grammar  # noqa: E402
-from genevolve.tools.knowledge import KnowledgeTool  # noqa: E402
 from genevolve.types import RetrievedImage, StopReason, Trajectory, Turn  # noqa: E402
-from tests.fakes import FakeImages, FakeSearch  # noqa: E402
-from tests.test_policy_hf import make_tokenizer, text_config  # noqa: E402
+from tests.test_policy_hf import text_config  # noqa: E402
 
 
 def make_llama(tok, seed: int = 0):
@@ -31,16 +29,6 @@ def make_llama(tok, seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(**{**text_config(tok), "max_position_embeddings": 32768})
     return transformers.LlamaForCausalLM(config).eval()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def tools(tmp_path):
-    return [FakeSearch(), FakeImages(tmp_path), KnowledgeTool()]
 
 
 def accepts(tok, grammar: str, text: str) -> bool:
