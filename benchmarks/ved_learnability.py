@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--sft-epochs", type=float, default=12.0)
     args = parser.parse_args()
-    results = {}
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}  # other seeds' results stay
     for seed in args.seeds:
         folder = args.out / f"seed{seed}"
         model_dir = warm_start(folder, seed, args.sft_epochs)
@@ -134,14 +135,14 @@ def main() -> None:
         target = entry["arms"].get("grpo", {}).get("eval", [None])[-1]
         for arm in entry["arms"].values():
             arm["rollouts_to_match_grpo"] = None if target is None else rollouts_to_match(arm, target)
-        results[seed] = entry
+        results[str(seed)] = entry
         print(f"seed {seed}: teacher - student log-prob of the guided rollout {entry['guide_following']:+.2f}")
         for name, arm in entry["arms"].items():
             curve = " ".join(f"{r:.2f}" for r in arm["eval"])
             print(f"  {name:14s} held-out {curve}   rollouts to match GRPO's final: {arm['rollouts_to_match_grpo']}"
                   f"   ({arm['seconds']:.0f} s)")
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        path.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
