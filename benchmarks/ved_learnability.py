@@ -37,25 +37,6 @@ ARMS = {
 }
 
 
-def warm_start(folder: Path, seed: int, epochs: float) -> Path:
-    from genevolve.evolve.sft import run_sft
-    from genevolve.evolve.train_config import SFTFile
-    from tests import learnability as L
-
-    final = folder / "sft" / "final"
-    if final.is_dir():
-        return final
-    library = folder / "library"
-    library.mkdir(parents=True, exist_ok=True)
-    L.swatch_config(folder, folder / "unused")  # tokenizer, library and rows
-    rows = L.warm_start_rows(folder, library, seed=seed)
-    cfg = SFTFile.model_validate({"model": {"path": str(folder / "tok"), "from_config": L.MODEL}, "sft": {
-        "data": [str(rows)], "out": str(folder / "sft"), "lr": 3e-3, "batch_size": 8, "grad_accum": 1,
-        "epochs": epochs, "eval_frac": 0.1, "eval_every": 50, "save_every": 1000, "seed": seed}})
-    run_sft(cfg, progress=False)
-    return final
-
-
 def guide_following(folder: Path, model_dir: Path) -> float:
     """Mean over held-out guided rollouts of sum(teacher log-prob - student log-prob) over their tokens."""
     import torch
@@ -79,7 +60,7 @@ def guide_following(folder: Path, model_dir: Path) -> float:
         row["messages"][0]["content"] = agent.system_prompt
         turns = trajectory_from_sft_row(row).turns
         student = encoder.view(turns)
-        teacher = encoder.view(turns, system=agent.system_prompt_with(L.lesson_bundle(L._dummy_provenance()).to_guide()))
+        teacher = encoder.view(turns, system=L.teacher_prompt(agent))
         with torch.no_grad():
             s, t = (token_logps(tm.model, collate([v], tm.tokenizer.pad_token_id or 0))[0] for v in (student, teacher))
         s_pos = [i for i, m in enumerate(student.mask) if m]
@@ -124,11 +105,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--sft-epochs", type=float, default=12.0)
     args = parser.parse_args()
+    from tests import learnability as L
+
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}  # other seeds' results stay
     for seed in args.seeds:
         folder = args.out / f"seed{seed}"
-        model_dir = warm_start(folder, seed, args.sft_epochs)
+        model_dir = L.warm_start(folder, seed=seed, epochs=args.sft_epochs)
         entry = {"guide_following": guide_following(folder, model_dir), "arms": {}}
         for name in args.arms:
             entry["arms"][name] = run_arm(folder, name, model_dir, seed, args.steps, args.every, args.lr)

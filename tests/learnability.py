@@ -210,7 +210,7 @@ def warm_start_rows(folder: Path, library: Path, *, per_request: int = 4, seed: 
     rng = random.Random(seed)
     cfg = load_config(None, {**env_config(library), "policy": {"kind": "scripted", "responses": []}})
     agent = build_agent(cfg)
-    teacher_system = agent.system_prompt_with(lesson_bundle(_dummy_provenance()).to_guide())
+    teacher_system = teacher_prompt(agent)
     rows = []
     for wording in wordings or TRAIN_WORDINGS:
         for colour in COLOURS:
@@ -231,6 +231,27 @@ def warm_start_rows(folder: Path, library: Path, *, per_request: int = 4, seed: 
     return path
 
 
-def _dummy_provenance() -> Provenance:
-    """The warm start's guide has no pair behind it (the guide text does not show provenance)."""
-    return Provenance(request_id="warm-start", request="warm start", step=0, best_reward=1.0, worst_reward=0.0, gap=1.0)
+def teacher_prompt(agent: Any) -> str:
+    """``agent``'s system prompt with the lesson as its decision guide: what the VED teacher is shown. The
+    guide has no pair behind it here (its text does not show provenance)."""
+    provenance = Provenance(request_id="warm-start", request="warm start", step=0, best_reward=1.0,
+                            worst_reward=0.0, gap=1.0)
+    return agent.system_prompt_with(lesson_bundle(provenance).to_guide())
+
+
+def warm_start(folder: Path, *, seed: int = 0, epochs: float = 12.0) -> Path:
+    """SFT on ``warm_start_rows`` in ``folder`` (with the swatch task's tokenizer, library and rows); returns
+    the model folder for ``evolve.init_from``. A folder that already holds one is reused."""
+    from genevolve.evolve.sft import run_sft
+    from genevolve.evolve.train_config import SFTFile
+
+    final = folder / "sft" / "final"
+    if final.is_dir():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    swatch_config(folder, folder / "unused")  # tokenizer, library and rows
+    rows = warm_start_rows(folder, folder / "library", seed=seed)
+    run_sft(SFTFile.model_validate({"model": {"path": str(folder / "tok"), "from_config": MODEL}, "sft": {
+        "data": [str(rows)], "out": str(folder / "sft"), "lr": 3e-3, "batch_size": 8, "grad_accum": 1,
+        "epochs": epochs, "eval_frac": 0.1, "eval_every": 50, "save_every": 1000, "seed": seed}}), progress=False)
+    return final

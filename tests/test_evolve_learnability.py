@@ -44,17 +44,10 @@ def test_ved_with_a_guide_learns_the_swatch_task(tmp_path):
     Whether VED needs fewer rollouts than GRPO is not asserted: it did on seed 0 (192 rollouts to GRPO's
     final reward, against 384) and not on seed 1 (288 against 96); ``benchmarks/ved_learnability.py``
     measures it over seeds."""
-    from genevolve.evolve.sft import run_sft
-    from genevolve.evolve.train_config import SFTFile
-    from tests import learnability as L
+    from tests.learnability import warm_start
 
-    swatch_config(tmp_path, tmp_path / "unused")  # tokenizer, library and rows
-    rows = L.warm_start_rows(tmp_path, tmp_path / "library")
-    sft = SFTFile.model_validate({"model": {"path": str(tmp_path / "tok"), "from_config": L.MODEL}, "sft": {
-        "data": [str(rows)], "out": str(tmp_path / "sft"), "lr": 3e-3, "batch_size": 8, "grad_accum": 1,
-        "epochs": 12, "eval_frac": 0.1, "save_every": 1000}})
-    run_sft(sft, progress=False)
-    common = {"init_from": str(tmp_path / "sft" / "final"), "steps": 12,
+    model = warm_start(tmp_path)
+    common = {"init_from": str(model), "steps": 12,
               "eval": {"every": 3, "k": 4, "data": str(tmp_path / "data" / "eval.jsonl")},
               "experience": {"extractor": {"kind": "tests.learnability:ColourLesson"}, "threshold": -1.0}}
     curves = {}
